@@ -1,0 +1,517 @@
+"""Datasets, transforms, samplers and loaders for BigGAN training (SPEC.md §5).
+
+`resolve_dataset` turns a name from the one table `DATASETS` (I32..I256, their `_hdf5`
+forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
+`get_data_loaders` builds the loader train.py iterates. Every image goes through
+`load_image` (RGB, centre crop on the long edge, PIL bilinear resize, as the 2019 release's
+torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
+identical pixels. `make_demo_folder` writes the built-in demo dataset.
+
+Example:
+    loader = get_data_loaders('data/demo_32.hdf5', batch_size=64, num_workers=2)[0]
+    x, y = next(iter(loader))  # x: float32 [64, 3, 32, 32] in [-1, 1], y: int64 [64]
+"""
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+RESAMPLE = Image.BILINEAR
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the code needs to know about a dataset; `path` is resolved against data_root."""
+    name: str
+    kind: str  # 'folder' | 'hdf5' | 'cifar10' | 'cifar100'
+    path: Path
+    resolution: int
+    n_classes: int
+    classes_per_sheet: int
+    moments_dir: Path  # where `<name>_inception_moments.npz` lives
+
+    @property
+    def moments_path(self) -> Path:
+        """The FID moments file of this dataset (written by calculate_inception_moments.py)."""
+        return self.moments_dir / f'{self.name}_inception_moments.npz'
+
+
+def _named(name: str, kind: str, relpath: str, resolution: int, n_classes: int,
+           classes_per_sheet: int) -> DatasetSpec:
+    return DatasetSpec(name, kind, Path(relpath), resolution, n_classes, classes_per_sheet,
+                       Path('.'))
+
+
+# The 2019 release's datasets; `path` and `moments_dir` are relative to data_root.
+DATASETS = {spec.name: spec for spec in [
+    *(_named(f'I{r}', 'folder', 'ImageNet', r, 1000, 50 if r <= 64 else 20)
+      for r in (32, 64, 128, 256)),
+    *(_named(f'I{r}_hdf5', 'hdf5', f'ILSVRC{r}.hdf5', r, 1000, 50 if r <= 64 else 20)
+      for r in (32, 64, 128, 256)),
+    _named('C10', 'cifar10', 'cifar', 32, 10, 10),
+    _named('C100', 'cifar100', 'cifar', 32, 100, 100),
+]}
+
+
+# ----------------------------------------------------------------------------- images
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit grey is scaled."""
+    if img.mode.startswith('I'):
+        # 16-bit greyscale (I;16*, or I from 16-bit PNGs): PIL's own convert clips to white.
+        grey = np.clip(np.round(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
+        img = Image.fromarray(grey.astype(np.uint8), 'L')
+    if img.mode == 'P':
+        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = img.convert('RGBA')
+        white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img if img.mode == 'RGB' else img.convert('RGB')
+
+
+def center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
+    """Centre-crop the long edge to a square (torchvision's rounding), resize to resolution."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = int(round((w - s) / 2.0)), int(round((h - s) / 2.0))
+    img = img.crop((left, top, left + s, top + s))
+    return img if s == resolution else img.resize((resolution, resolution), RESAMPLE)
+
+
+def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
+    """Decode an image file into uint8 [3, R, R]: the one preprocessing path for all data."""
+    with Image.open(path) as img:
+        img = center_crop_resize(to_rgb(img), resolution)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def to_float(img: np.ndarray) -> torch.Tensor:
+    """uint8 [3, R, R] -> float32 in [-1, 1] (the 2019 ToTensor + Normalize(0.5, 0.5))."""
+    return torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0)
+
+
+def random_crop_flip(x: torch.Tensor) -> torch.Tensor:
+    """Augment: shift by up to R/8 pixels (reflect padding), then flip left-right half the time."""
+    r = x.shape[-1]
+    p = max(1, r // 8)
+    padded = F.pad(x[None], (p, p, p, p), mode='reflect')[0]
+    i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+    x = padded[:, i:i + r, j:j + r]
+    return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+# ----------------------------------------------------------------------------- folders
+
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _subdirs(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as it:
+        return sorted((e for e in it if e.is_dir() and not e.name.startswith('.')),
+                      key=lambda e: e.name)
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class subfolder names of an image folder; raises on layouts that mislabel data."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'image folder {root} does not exist (or is not a folder)')
+    with os.scandir(root) as it:
+        n_loose = sum(_is_image(e) for e in it)
+    classes = [e.name for e in _subdirs(root)]
+    layout = f'expected one subfolder per class: {root}/<class>/<image>'
+    if n_loose:
+        raise ValueError(f'{root} has {n_loose} images directly inside it; {layout}. Move them '
+                         f'into class subfolders (one subfolder is not enough: see below).')
+    if not classes:
+        raise ValueError(f'{root} is empty: no class subfolders; {layout}.')
+    if len(classes) == 1:
+        inner = root / classes[0]
+        hint = (f'it looks nested one level too deep: point --dataset at {inner}'
+                if _subdirs(inner) else 'a one-class folder would label every image 0')
+        raise ValueError(f'{root} has only one class subfolder ({classes[0]!r}); {hint}. '
+                         f'{layout}.')
+    return classes
+
+
+def find_images(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, label) pairs of a class-per-subfolder image folder in sorted order, and classes."""
+    root = Path(root)
+    classes = find_classes(root)
+    samples = []
+    for label, name in enumerate(classes):
+        with os.scandir(root / name) as it:
+            files = sorted(e.name for e in it if _is_image(e))
+        if not files:
+            deeper = _subdirs(root / name)
+            hint = (f'its images are nested one level too deep (in {root / name}/'
+                    f'{deeper[0].name}/...): point --dataset at {root / name}' if deeper
+                    else 'remove it or add its images')
+            raise ValueError(f'class folder {root / name} has no images; {hint}.')
+        samples.extend((str(root / name / f), label) for f in files)
+    return samples, classes
+
+
+# ----------------------------------------------------------------------------- HDF5
+
+@dataclass(frozen=True)
+class HDF5Info:
+    """Shape facts of a packed file, validated: image count, resolution, classes, labels."""
+    n_images: int
+    resolution: int
+    n_classes: int
+    labels: np.ndarray
+
+
+def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5Info:
+    """Validate an HDF5 file's `imgs`/`labels` and read its class count (attr or max+1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'HDF5 file {path} does not exist; make it with '
+                                f'`python make_hdf5.py --dataset <folder or name> ...`')
+    try:
+        f = h5py.File(path, 'r')
+    except OSError as e:
+        raise ValueError(f'{path} is not a readable HDF5 file ({e})') from e
+    with f:
+        for key in ('imgs', 'labels'):
+            if key not in f:
+                raise ValueError(f'{path} has no {key!r} dataset (it has {sorted(f.keys())}); '
+                                 f'pack it with make_hdf5.py, which writes imgs and labels')
+        shape = f['imgs'].shape
+        labels = f['labels'][()].astype(np.int64)
+        n_classes = n_classes or int(f.attrs.get('n_classes', 0)) or int(labels.max()) + 1
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ValueError(f'{path}: imgs has shape {shape}; expected [N, 3, R, R] uint8')
+    if labels.shape != (shape[0],):
+        raise ValueError(f'{path}: labels has shape {labels.shape}; expected [{shape[0]}]')
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f'{path}: labels span [{labels.min()}, {labels.max()}] but must lie in '
+                         f'[0, {n_classes}); the file and the class count disagree')
+    return HDF5Info(shape[0], shape[2], n_classes, labels)
+
+
+# ----------------------------------------------------------------------------- resolving
+
+def resolve_dataset(dataset: str, data_root: str = 'data',
+                    resolution: int | None = None) -> DatasetSpec:
+    """A 2019 dataset name, or the path of an image folder / .hdf5 file, as a DatasetSpec."""
+    if dataset in DATASETS:
+        spec = DATASETS[dataset]
+        if resolution and resolution != spec.resolution:
+            raise ValueError(f'{dataset} is {spec.resolution}x{spec.resolution} but '
+                             f'--resolution {resolution} was given; drop --resolution (a '
+                             f'named dataset fixes it) or pick the name of that resolution')
+        root = Path(data_root)
+        return DatasetSpec(spec.name, spec.kind, root / spec.path, spec.resolution,
+                           spec.n_classes, spec.classes_per_sheet, root)
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        if os.sep in dataset or path.suffix:
+            raise FileNotFoundError(f'dataset path {path} does not exist')
+        raise ValueError(f'unknown dataset {dataset!r}: use one of {", ".join(DATASETS)}, or '
+                         f'the path of an image folder (one subfolder per class) or .hdf5 file')
+    path = path.resolve()
+    if path.is_dir():
+        if not resolution:
+            raise ValueError(f'{path} is an image folder: give the training resolution with '
+                             f'--resolution (e.g. 32, 64, 128)')
+        n_classes = len(find_classes(path))
+    else:
+        info = inspect_hdf5(path)
+        if resolution and resolution != info.resolution:
+            raise ValueError(f'{path} holds {info.resolution}x{info.resolution} images but '
+                             f'--resolution {resolution} was given; repack it with make_hdf5.py'
+                             f' --resolution {resolution}, or drop --resolution')
+        resolution, n_classes = info.resolution, info.n_classes
+    return DatasetSpec(path.stem, 'folder' if path.is_dir() else 'hdf5', path, resolution,
+                       n_classes, min(n_classes, 50 if resolution <= 64 else 20), path.parent)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class ImageDataset(Dataset):
+    """Base: subclasses give uint8 [3, R, R] images; yields (float image in [-1, 1], label)."""
+
+    def __init__(self, labels: np.ndarray, augment: bool = False):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray:
+        """The uint8 [3, R, R] image at index."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = to_float(self.image(index))
+        return (random_crop_flip(x) if self.augment else x), int(self.labels[index])
+
+
+class ArrayDataset(ImageDataset):
+    """Images held in memory as a uint8 [N, 3, R, R] array (CIFAR, or load_in_mem)."""
+
+    def __init__(self, imgs: np.ndarray, labels: np.ndarray, augment: bool = False):
+        super().__init__(labels, augment)
+        self.imgs = imgs
+
+    def image(self, index: int) -> np.ndarray:
+        """The uint8 [3, R, R] image at index."""
+        return self.imgs[index]
+
+
+class ImageFolderDataset(ImageDataset):
+    """A class-per-subfolder image folder, decoded on the fly (or all at once: load_in_mem)."""
+
+    def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False,
+                 load_in_mem: bool = False):
+        samples, self.classes = find_images(root)
+        super().__init__([label for _, label in samples], augment)
+        self.paths = [p for p, _ in samples]
+        self.resolution = resolution
+        self.imgs = (np.stack([load_image(p, resolution) for p in self.paths])
+                     if load_in_mem else None)
+
+    def image(self, index: int) -> np.ndarray:
+        """The uint8 [3, R, R] image at index."""
+        if self.imgs is not None:
+            return self.imgs[index]
+        return load_image(self.paths[index], self.resolution)
+
+
+class HDF5Dataset(ImageDataset):
+    """A file written by make_hdf5.py; each process (loader worker) opens its own handle."""
+
+    def __init__(self, path: str | os.PathLike, n_classes: int | None = None,
+                 augment: bool = False, load_in_mem: bool = False):
+        info = inspect_hdf5(path, n_classes)
+        super().__init__(info.labels, augment)
+        self.path, self.resolution = Path(path), info.resolution
+        self.imgs = None
+        if load_in_mem:
+            with h5py.File(self.path, 'r') as f:
+                self.imgs = f['imgs'][()]
+        self._file, self._pid = None, None
+
+    def image(self, index: int) -> np.ndarray:
+        """The uint8 [3, R, R] image at index."""
+        if self.imgs is not None:
+            return self.imgs[index]
+        # An h5py handle must not cross a fork: reopen in every new process.
+        if self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, 'r'), os.getpid()
+        return self._file['imgs'][index]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, '_file': None, '_pid': None}
+
+
+def _cifar(spec: DatasetSpec, augment: bool) -> ArrayDataset:
+    """CIFAR train split via torchvision (downloads when online), as an in-memory array."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    cls, folder = ((CIFAR10, 'cifar-10-batches-py') if spec.kind == 'cifar10'
+                   else (CIFAR100, 'cifar-100-python'))
+    try:
+        data = cls(str(spec.path), train=True, download=False)
+    except RuntimeError:
+        try:
+            data = cls(str(spec.path), train=True, download=True)
+        except Exception as e:
+            raise FileNotFoundError(
+                f'{spec.name}: no CIFAR data in {spec.path} and the download failed ({e}). '
+                f'Put the extracted {folder}/ folder (from {cls.url}) in {spec.path}') from e
+    return ArrayDataset(data.data.transpose(0, 3, 1, 2), np.asarray(data.targets), augment)
+
+
+def build_dataset(spec: DatasetSpec, augment: bool = False,
+                  load_in_mem: bool = False) -> ImageDataset:
+    """The Dataset of a resolved spec, checked against the spec's class count."""
+    if spec.kind in ('cifar10', 'cifar100'):
+        return _cifar(spec, augment)
+    if spec.kind == 'hdf5':
+        return HDF5Dataset(spec.path, spec.n_classes, augment, load_in_mem)
+    dataset = ImageFolderDataset(spec.path, spec.resolution, augment, load_in_mem)
+    if len(dataset.classes) != spec.n_classes:
+        raise ValueError(f'{spec.path} has {len(dataset.classes)} class folders but {spec.name} '
+                         f'expects {spec.n_classes}; to train on this folder as it is, pass its '
+                         f'path as --dataset with --resolution')
+    return dataset
+
+
+# ----------------------------------------------------------------------------- samplers
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The data order of one epoch: a pure function of (seed, epoch)."""
+    if not shuffle:
+        return np.arange(num_samples)
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+class MultiEpochSampler(Sampler[int]):
+    """Indices for num_epochs epochs of per-epoch permutations, from iteration start_itr.
+
+    The epochs form one stream cut into global batches of batch_size * world_size (batches
+    run across epoch ends, so none is short); rank r takes slice r of each global batch.
+    Only the current epoch's permutation is held, not all epochs at once.
+    """
+
+    def __init__(self, num_samples: int, num_epochs: int, batch_size: int, start_itr: int = 0,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.num_samples, self.num_epochs, self.batch_size = num_samples, num_epochs, batch_size
+        self.start_itr, self.seed, self.shuffle = start_itr, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.num_itrs = num_samples * num_epochs // (batch_size * world_size)
+
+    def __len__(self) -> int:
+        return max(0, self.num_itrs - self.start_itr) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        global_batch = self.batch_size * self.world_size
+        epoch, order = -1, None
+        for itr in range(self.start_itr, self.num_itrs):
+            start = itr * global_batch + self.rank * self.batch_size
+            for pos in range(start, start + self.batch_size):
+                pos_epoch, offset = divmod(pos, self.num_samples)
+                if pos_epoch != epoch:
+                    epoch = pos_epoch
+                    order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+                yield int(order[offset])
+
+
+class EpochSampler(Sampler[int]):
+    """One epoch per pass, epoch k in the order epoch_order(seed, k); advances each pass.
+
+    With world_size > 1 every rank takes its slice of each full global batch (the short
+    global batch at the end is dropped so all ranks step together); `set_epoch` resumes.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True):
+        self.num_samples, self.batch_size, self.seed, self.shuffle = (num_samples, batch_size,
+                                                                      seed, shuffle)
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass be epoch `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.num_samples
+        return self.num_samples // (self.batch_size * self.world_size) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        self.epoch += 1
+        if self.world_size == 1:
+            yield from order.tolist()
+            return
+        batches = order[:len(self) * self.world_size].reshape(-1, self.world_size,
+                                                               self.batch_size)
+        yield from batches[:, self.rank].reshape(-1).tolist()
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | None = None,
+                     augment: bool = False, batch_size: int = 64, num_workers: int = 8,
+                     shuffle: bool = True, load_in_mem: bool = False, pin_memory: bool = True,
+                     drop_last: bool = True, start_itr: int = 0, num_epochs: int = 500,
+                     use_multiepoch_sampler: bool = False, seed: int = 0, rank: int = 0,
+                     world_size: int = 1, **kwargs) -> list[DataLoader]:
+    """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
+
+    Other run-config keys in kwargs are ignored (train.py passes its whole config).
+    """
+    spec = resolve_dataset(dataset, data_root, resolution)
+    data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem)
+    if use_multiepoch_sampler:
+        sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,
+                                    world_size, shuffle)
+    else:
+        sampler = EpochSampler(len(data), batch_size, seed, rank, world_size, shuffle)
+    # The generator seeds the workers' RNGs, which draw the augmentations.
+    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=pin_memory and torch.cuda.is_available(),
+                        drop_last=drop_last, generator=generator)
+    return [loader]
+
+
+# ----------------------------------------------------------------------------- demo data
+
+DEMO_SHAPES = ('circle', 'square', 'triangle', 'cross', 'ring')
+DEMO_COLOURS = {'red': (220, 40, 40), 'green': (40, 190, 60), 'blue': (50, 80, 230),
+                'yellow': (240, 210, 30)}
+
+
+def demo_classes() -> list[tuple[str, str]]:
+    """The demo's (shape, colour) classes, ordered so any prefix mixes shapes and colours."""
+    colours = list(DEMO_COLOURS)
+    return [(shape, colours[(s + d) % len(colours)])
+            for d in range(len(colours)) for s, shape in enumerate(DEMO_SHAPES)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+                angle: float, fill: tuple[int, int, int]) -> None:
+    """Draw one shape of radius r centred at (cx, cy), rotated by angle (radians)."""
+    def polygon(points: list[tuple[float, float]]) -> None:
+        c, s = np.cos(angle), np.sin(angle)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in points], fill=fill)
+
+    if shape == 'circle':
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == 'ring':
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(1, int(r * 0.4)))
+    elif shape == 'square':
+        polygon([(-r, -r), (r, -r), (r, r), (-r, r)])
+    elif shape == 'triangle':
+        polygon([(r * np.cos(a), r * np.sin(a)) for a in np.pi * (np.array([-0.5, 1 / 6, 5 / 6]))])
+    else:  # cross: two bars
+        w = r * 0.35
+        polygon([(-r, -w), (r, -w), (r, w), (-r, w)])
+        polygon([(-w, -r), (w, -r), (w, r), (-w, r)])
+
+
+def demo_image(shape: str, colour: str, resolution: int, rng: np.random.Generator) -> Image.Image:
+    """One demo image: a jittered shape on a two-tone gradient background (4x supersampled)."""
+    size = resolution * 4
+    top, bottom = rng.integers(0, 256, 3) // 3 + 40, rng.integers(0, 256, 3) // 3 + 40
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    bg = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
+    img = Image.fromarray(bg, 'RGB')
+    r = size * rng.uniform(0.18, 0.32)
+    cx, cy = rng.uniform(r, size - r, 2)
+    fill = tuple(int(v) for v in np.clip(np.array(DEMO_COLOURS[colour]) + rng.integers(-25, 26, 3),
+                                         0, 255))
+    _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rng.uniform(0, 2 * np.pi), fill)
+    return img.resize((resolution, resolution), Image.LANCZOS)
+
+
+def make_demo_folder(root: str | os.PathLike, resolution: int = 32, images_per_class: int = 500,
+                     n_classes: int = 10, seed: int = 0) -> Path:
+    """Write the demo dataset, root/<NN_colour_shape>/<i>.png, from a seed; returns root."""
+    classes = demo_classes()
+    if not 2 <= n_classes <= len(classes):
+        raise ValueError(f'the demo has 2 to {len(classes)} classes; got n_classes={n_classes}')
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f'{root} exists and is not empty; remove it or pick another path')
+    rng = np.random.default_rng(seed)
+    for label, (shape, colour) in enumerate(classes[:n_classes]):
+        folder = root / f'{label:02d}_{colour}_{shape}'
+        folder.mkdir(parents=True)
+        for i in range(images_per_class):
+            demo_image(shape, colour, resolution, rng).save(folder / f'{i:05d}.png')
+    return root

@@ -1,0 +1,190 @@
+"""Pack an image folder into one HDF5 file: `imgs` uint8 [N, 3, R, R], `labels` int64 [N].
+
+Examples:
+    # The 2019 way: data/ImageNet (one subfolder per class) -> data/ILSVRC128.hdf5
+    python make_hdf5.py --dataset I128 --batch_size 256 --data_root data
+    # Any class-per-subfolder image folder -> OUT/<folder name>_<R>.hdf5
+    python make_hdf5.py --dataset path/to/folder --resolution 64 --data_root OUT
+    # The built-in demo: writes the PNG folder data/demo (10 classes x 500 images, 32x32),
+    # then packs it like any folder into data/demo_32.hdf5
+    python make_hdf5.py --make_demo data/demo --resolution 32
+
+Images go through `datasets.load_image` (the same preprocessing the folder dataset uses),
+decoded in --num_workers processes and streamed to disk batch by batch, so memory does not
+grow with the dataset. The file is written as `<output>.partial` and renamed when complete:
+an interrupted run never leaves a half-written file under the final name. Unreadable images
+are skipped, counted, printed and listed in `<output stem>_skipped.txt` beside the output.
+The file's attrs hold n_classes, resolution, classes (folder names), source and n_skipped.
+"""
+import argparse
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets import DATASETS, find_images, load_image, make_demo_folder, resolve_dataset
+
+
+class _Decoder(Dataset):
+    """(uint8 [3, R, R] image or None, label, error message or None) per sample."""
+
+    def __init__(self, samples: list[tuple[str, int]], resolution: int):
+        self.samples, self.resolution = samples, resolution
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, str | None]:
+        path, label = self.samples[index]
+        try:
+            return load_image(path, self.resolution), label, None
+        except Exception as e:  # any decoder failure skips one image, never the whole run
+            return None, label, f'{path}: {type(e).__name__}: {e}'
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the decoded images of a batch (as tensors: shared memory, not pickles)."""
+    good = [(img, label) for img, label, err in items if err is None]
+    imgs = torch.from_numpy(np.stack([img for img, _ in good])) if good else torch.empty(0)
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return imgs, labels, [err for _, _, err in items if err is not None]
+
+
+@dataclass
+class PackResult:
+    """What pack_folder wrote: the file, how many images, and the skipped ones."""
+    path: Path
+    n_images: int
+    skipped: list[str]
+    log_path: Path | None
+
+
+def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int,
+                batch_size: int = 256, num_workers: int = 16, chunk_size: int = 500,
+                compression: bool = False, progress: bool = True) -> PackResult:
+    """Pack a class-per-subfolder image folder into `output` (see the module docstring)."""
+    samples, classes = find_images(folder)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + '.partial')
+    log_path = output.with_name(output.stem + '_skipped.txt')
+    loader = DataLoader(_Decoder(samples, resolution), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate)
+    r, n, skipped = resolution, 0, []
+    lzf = 'lzf' if compression else None
+    try:
+        with h5py.File(partial, 'w') as f:
+            # Preallocated for every image, shrunk at the end by the number skipped.
+            chunk = min(chunk_size, len(samples))
+            imgs = f.create_dataset('imgs', (len(samples), 3, r, r), np.uint8,
+                                    maxshape=(None, 3, r, r), chunks=(chunk, 3, r, r),
+                                    compression=lzf)
+            labels = f.create_dataset('labels', (len(samples),), np.int64, maxshape=(None,),
+                                      chunks=(chunk,), compression=lzf)
+            with tqdm(total=len(samples), unit='img', disable=not progress) as bar:
+                for batch_imgs, batch_labels, errors in loader:
+                    k = len(batch_labels)
+                    if k:
+                        imgs[n:n + k] = batch_imgs.numpy()
+                        labels[n:n + k] = batch_labels.numpy()
+                    n += k
+                    skipped.extend(errors)
+                    bar.update(k + len(errors))
+            if n == 0:
+                raise ValueError(f'none of the {len(samples)} images in {folder} could be read')
+            imgs.resize(n, axis=0)
+            labels.resize(n, axis=0)
+            f.attrs.update(n_classes=len(classes), resolution=r, classes=classes,
+                           source=str(Path(folder).resolve()), n_skipped=len(skipped))
+        if skipped:
+            log_path.write_text(''.join(f'{line}\n' for line in skipped))
+        else:
+            log_path.unlink(missing_ok=True)  # a stale log from an earlier run would mislead
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return PackResult(output, n, skipped, log_path if skipped else None)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The 2019 make_hdf5.py flags (same names and defaults) plus resolution/output/demo."""
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--dataset', default='I128',
+                   help='I32/I64/I128/I256 (folder <data_root>/ImageNet) or an image folder path')
+    p.add_argument('--data_root', default='data', help='where the data is and the file goes')
+    p.add_argument('--batch_size', type=int, default=256, help='images per write')
+    p.add_argument('--num_workers', type=int, default=16, help='decoding processes')
+    p.add_argument('--chunk_size', type=int, default=500, help='HDF5 chunk length (images)')
+    p.add_argument('--compression', action='store_true', help='LZF-compress the file')
+    p.add_argument('--resolution', type=int, default=None,
+                   help='output size; required for a folder path (named datasets fix it)')
+    p.add_argument('--output', default='',
+                   help='output file (default <data_root>/ILSVRC<R>.hdf5 for named datasets, '
+                        '<data_root>/<folder name>_<R>.hdf5 for a folder path)')
+    p.add_argument('--make_demo', default='', metavar='FOLDER',
+                   help='write the built-in demo dataset to FOLDER (kept if it exists), '
+                        'then pack it; --resolution defaults to 32')
+    p.add_argument('--demo_images_per_class', type=int, default=500, help='demo size')
+    p.add_argument('--demo_classes', type=int, default=10, help='demo classes (2 to 20)')
+    p.add_argument('--seed', type=int, default=0, help='demo random seed')
+    return p.parse_args(argv)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Turn `kill` into SystemExit so the partial file is removed on the way out."""
+    sys.exit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, make the demo folder if asked, pack, report."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    # Demo: write the image folder first; it is then packed like any user folder.
+    if args.make_demo:
+        args.resolution = args.resolution or 32
+        demo = Path(args.make_demo)
+        if demo.exists() and any(demo.iterdir()):
+            print(f'Using the existing demo folder {demo}')
+        else:
+            make_demo_folder(demo, args.resolution, args.demo_images_per_class,
+                             args.demo_classes, args.seed)
+            print(f'Wrote the demo image folder {demo}')
+        args.dataset = str(demo)
+
+    # Source folder and output file.
+    named = DATASETS.get(args.dataset)
+    if named is not None and named.kind != 'folder':
+        raise SystemExit(f'{args.dataset} is not an image folder dataset: make_hdf5.py packs '
+                         f'I32/I64/I128/I256 or a folder path')
+    spec = resolve_dataset(args.dataset, args.data_root, args.resolution)
+    if spec.kind != 'folder':
+        raise SystemExit(f'{spec.path} is already an HDF5 file')
+    if named is not None:
+        default_out = resolve_dataset(f'{args.dataset}_hdf5', args.data_root).path
+    else:
+        default_out = Path(args.data_root) / f'{spec.name}_{spec.resolution}.hdf5'
+    output = Path(args.output) if args.output else default_out
+
+    # Pack.
+    print(f'Packing {spec.path} at {spec.resolution}x{spec.resolution} into {output}')
+    result = pack_folder(spec.path, output, spec.resolution, args.batch_size, args.num_workers,
+                         args.chunk_size, args.compression)
+    if result.skipped:
+        print(f'Skipped {len(result.skipped)} unreadable images (listed in {result.log_path}):')
+        for line in result.skipped[:10]:
+            print(f'  {line}')
+        if len(result.skipped) > 10:
+            print(f'  ... and {len(result.skipped) - 10} more')
+    print(f'Wrote {result.n_images} images, {spec.n_classes} classes, to {result.path}')
+
+
+if __name__ == '__main__':
+    main()
