@@ -1,0 +1,335 @@
+"""Tests of datasets.py: the table, the startup checks, preprocessing, samplers, loaders, demo."""
+import hashlib
+import urllib.error
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from datasets import (
+    EpochSampler,
+    MultiEpochSampler,
+    get_data_loaders,
+    load_image,
+    make_demo_folder,
+    resolve_dataset,
+    to_rgb,
+)
+
+
+def write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (12, 9),
+                 seed: int = 0) -> Path:
+    """A class-per-subfolder folder of random RGB PNGs: {class name: image count}."""
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f'{i}.png')
+    return root
+
+
+def write_hdf5(path: Path, imgs: np.ndarray, labels: np.ndarray, **attrs) -> Path:
+    """A minimal packed file with the given arrays and attrs."""
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', data=imgs)
+        f.create_dataset('labels', data=labels)
+        f.attrs.update(attrs)
+    return path
+
+
+def random_hdf5(path: Path, n: int = 24, r: int = 8, n_classes: int = 3) -> Path:
+    """A packed file of n random r x r images with labels cycling over n_classes."""
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (n, 3, r, r), dtype=np.uint8)
+    return write_hdf5(path, imgs, np.arange(n) % n_classes, n_classes=n_classes, resolution=r)
+
+
+def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+# ----------------------------------------------------------------------------- table
+
+def test_named_datasets_follow_the_2019_table():
+    spec = resolve_dataset('I128_hdf5', 'data')
+    assert (spec.kind, spec.path, spec.resolution) == ('hdf5', Path('data/ILSVRC128.hdf5'), 128)
+    assert (spec.n_classes, spec.classes_per_sheet) == (1000, 20)
+    assert spec.moments_path == Path('data/I128_hdf5_inception_moments.npz')
+    i32 = resolve_dataset('I32', 'root')
+    assert (i32.kind, i32.path, i32.classes_per_sheet) == ('folder', Path('root/ImageNet'), 50)
+    c100 = resolve_dataset('C100', 'd')
+    assert (c100.kind, c100.path, c100.n_classes, c100.resolution) == ('cifar100',
+                                                                       Path('d/cifar'), 100, 32)
+    with pytest.raises(AttributeError):
+        spec.name = 'x'  # frozen
+
+
+def test_path_datasets_read_resolution_and_classes_from_the_data(tmp_path):
+    folder = write_folder(tmp_path / 'pets', {'cat': 1, 'dog': 1, 'eel': 1})
+    spec = resolve_dataset(str(folder), resolution=16)
+    assert (spec.name, spec.kind, spec.resolution, spec.n_classes) == ('pets', 'folder', 16, 3)
+    assert spec.moments_path == tmp_path / 'pets_inception_moments.npz'
+    h5 = random_hdf5(tmp_path / 'toy_8.hdf5', n_classes=5)
+    spec = resolve_dataset(str(h5))
+    assert (spec.name, spec.kind, spec.resolution, spec.n_classes) == ('toy_8', 'hdf5', 8, 5)
+    assert spec.moments_path == tmp_path / 'toy_8_inception_moments.npz'
+    # Without the n_classes attr (a 2019 file), the class count is max(label) + 1.
+    bare = write_hdf5(tmp_path / 'bare.hdf5', np.zeros((4, 3, 8, 8), np.uint8), np.arange(4))
+    assert resolve_dataset(str(bare)).n_classes == 4
+
+
+# ----------------------------------------------------------------------------- startup checks
+
+@pytest.mark.parametrize('make, error, words', [
+    (lambda p: None, ValueError, ['unknown dataset', 'I128_hdf5']),
+    (lambda p: str(p / 'missing.hdf5'), FileNotFoundError, ['does not exist']),
+    (lambda p: str(write_folder(p / 'f', {'a': 1, 'b': 1})), ValueError, ['--resolution']),
+])
+def test_resolve_errors(tmp_path, make, error, words):
+    dataset = make(tmp_path) or 'I512'
+    with pytest.raises(error) as info:
+        resolve_dataset(dataset)
+    assert all(w in str(info.value) for w in words)
+
+
+def test_named_dataset_rejects_another_resolution():
+    with pytest.raises(ValueError, match='--resolution 64'):
+        resolve_dataset('I128_hdf5', resolution=64)
+
+
+def test_folder_checks_fire_with_helpful_messages(tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(ValueError, match='empty'):
+        resolve_dataset(str(empty), resolution=8)
+
+    loose = write_folder(tmp_path / 'loose', {'a': 1, 'b': 1})
+    Image.new('RGB', (8, 8)).save(loose / 'stray.png')
+    with pytest.raises(ValueError, match='1 images directly inside'):
+        resolve_dataset(str(loose), resolution=8)
+
+    one = write_folder(tmp_path / 'one', {'only': 2})
+    with pytest.raises(ValueError, match='only one class subfolder') as info:
+        resolve_dataset(str(one), resolution=8)
+    assert 'label every image 0' in str(info.value)
+
+    # ImageNet/train/<class>/...: one level too deep, the 2019 silent all-zero labels.
+    nested = write_folder(tmp_path / 'ImageNet' / 'train', {'n01': 1, 'n02': 1})
+    with pytest.raises(ValueError, match='nested one level too deep') as info:
+        resolve_dataset(str(nested.parent), resolution=8)
+    assert str(nested) in str(info.value)
+
+    # train/ and val/ side by side: two "classes" whose images are one level deeper.
+    write_folder(tmp_path / 'ImageNet' / 'val', {'n01': 1, 'n02': 1})
+    with pytest.raises(ValueError, match='nested one level too deep'):
+        get_data_loaders(str(tmp_path / 'ImageNet'), resolution=8, num_workers=0)
+
+
+def test_named_folder_must_have_its_class_count(tmp_path):
+    write_folder(tmp_path / 'ImageNet', {'a': 1, 'b': 1})
+    with pytest.raises(ValueError, match='has 2 class folders but I32 expects 1000'):
+        get_data_loaders('I32', data_root=str(tmp_path), num_workers=0)
+
+
+def test_hdf5_checks_fire_with_helpful_messages(tmp_path):
+    no_imgs = tmp_path / 'no_imgs.hdf5'
+    with h5py.File(no_imgs, 'w') as f:
+        f.create_dataset('labels', data=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="no 'imgs' dataset"):
+        resolve_dataset(str(no_imgs))
+
+    imgs = np.zeros((3, 3, 8, 8), np.uint8)
+    bad_labels = write_hdf5(tmp_path / 'bad.hdf5', imgs, np.array([0, 1, 5]), n_classes=3)
+    with pytest.raises(ValueError, match=r'labels span \[0, 5\] but must lie in \[0, 3\)'):
+        resolve_dataset(str(bad_labels))
+    negative = write_hdf5(tmp_path / 'neg.hdf5', imgs, np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match='must lie in'):
+        resolve_dataset(str(negative))
+
+    with pytest.raises(ValueError, match='holds 8x8 images but --resolution 32'):
+        resolve_dataset(str(random_hdf5(tmp_path / 'ok.hdf5')), resolution=32)
+
+    # A named file is checked against the table's class count, and must exist.
+    write_hdf5(tmp_path / 'ILSVRC32.hdf5', np.zeros((2, 3, 32, 32), np.uint8),
+               np.array([0, 1000]))
+    with pytest.raises(ValueError, match=r'\[0, 1000\)'):
+        get_data_loaders('I32_hdf5', data_root=str(tmp_path), num_workers=0)
+    with pytest.raises(FileNotFoundError, match='make_hdf5.py'):
+        get_data_loaders('I64_hdf5', data_root=str(tmp_path), num_workers=0)
+
+
+def test_cifar_offline_names_the_folder_and_what_to_put_there(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    def offline(self):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(CIFAR10, 'download', offline)
+    with pytest.raises(FileNotFoundError) as info:
+        get_data_loaders('C10', data_root=str(tmp_path), num_workers=0)
+    message = str(info.value)
+    assert str(tmp_path / 'cifar') in message and 'cifar-10-batches-py' in message
+
+
+# ----------------------------------------------------------------------------- images
+
+def test_modes_become_rgb():
+    grey = Image.new('L', (4, 4), 100)
+    assert np.asarray(to_rgb(grey))[0, 0].tolist() == [100, 100, 100]
+    rgba = Image.new('RGBA', (4, 4), (10, 20, 30, 0))
+    assert np.asarray(to_rgb(rgba))[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    half = Image.new('LA', (4, 4), (0, 128))
+    assert np.asarray(to_rgb(half))[0, 0].tolist() == [127, 127, 127]
+    palette = Image.new('P', (4, 4), 1)
+    palette.putpalette([0, 0, 0, 200, 10, 10])
+    assert np.asarray(to_rgb(palette))[0, 0].tolist() == [200, 10, 10]
+    palette.info['transparency'] = 1
+    assert np.asarray(to_rgb(palette))[0, 0].tolist() == [255, 255, 255]
+    cmyk = Image.new('CMYK', (4, 4), (0, 255, 255, 0))
+    assert np.asarray(to_rgb(cmyk))[0, 0].tolist() == [255, 0, 0]
+    deep = Image.fromarray(np.full((4, 4), 257 * 50, np.uint16))
+    assert deep.mode.startswith('I') and np.asarray(to_rgb(deep))[0, 0].tolist() == [50] * 3
+    for img in (grey, rgba, half, palette, cmyk, deep):
+        assert to_rgb(img).mode == 'RGB'
+
+
+def test_load_image_crops_the_centre_of_the_long_edge(tmp_path):
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, 4:12] = 255  # the centre square is white, the sides black
+    Image.fromarray(pixels).save(tmp_path / 'wide.png')
+    img = load_image(tmp_path / 'wide.png', 8)
+    assert img.shape == (3, 8, 8) and img.dtype == np.uint8 and (img == 255).all()
+    assert load_image(tmp_path / 'wide.png', 4).shape == (3, 4, 4)
+
+
+def test_augment_is_a_shift_and_flip_of_the_image(tmp_path):
+    h5 = random_hdf5(tmp_path / 'a.hdf5', n=4, r=8)
+    plain = datasets.HDF5Dataset(h5)
+    augmented = datasets.HDF5Dataset(h5, augment=True)
+    torch.manual_seed(0)
+    padded = torch.nn.functional.pad(plain[0][0][None], (1, 1, 1, 1), mode='reflect')[0]
+    candidates = [c for i in range(3) for j in range(3)
+                  for c in (padded[:, i:i + 8, j:j + 8], padded[:, i:i + 8, j:j + 8].flip(-1))]
+    outs = [augmented[0][0] for _ in range(20)]
+    assert all(any(torch.equal(o, c) for c in candidates) for o in outs)
+    assert len({o.numpy().tobytes() for o in outs}) > 1
+
+
+# ----------------------------------------------------------------------------- samplers
+
+def test_multiepoch_sampler_resumes_exactly_across_epochs():
+    n, epochs, b = 10, 3, 4  # batches straddle epoch ends
+    full = list(MultiEpochSampler(n, epochs, b, seed=7))
+    assert len(full) == n * epochs // b * b
+    for e in range(2):  # every whole epoch in the stream is a permutation
+        assert sorted(full[e * n:(e + 1) * n]) == list(range(n))
+    for k in (1, 2, 3, 5, 7):
+        resumed = MultiEpochSampler(n, epochs, b, start_itr=k, seed=7)
+        assert list(resumed) == full[k * b:] and len(resumed) == len(full) - k * b
+    assert full == list(MultiEpochSampler(n, epochs, b, seed=7))  # a pure function of seed
+    assert full != list(MultiEpochSampler(n, epochs, b, seed=8))
+    past_end = MultiEpochSampler(n, epochs, b, start_itr=100, seed=7)
+    assert len(past_end) == 0 and list(past_end) == []
+
+
+def test_multiepoch_sampler_shards_across_ranks():
+    n, epochs, b = 10, 3, 2
+    single = list(MultiEpochSampler(n, epochs, 2 * b, seed=3))
+    ranks = [list(MultiEpochSampler(n, epochs, b, seed=3, rank=r, world_size=2))
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) // 2
+    for itr in range(len(single) // (2 * b)):
+        shares = [ranks[r][itr * b:(itr + 1) * b] for r in range(2)]
+        # Together the ranks see exactly the single-process global batch, split in two.
+        assert shares[0] + shares[1] == single[itr * 2 * b:(itr + 1) * 2 * b]
+    resumed = list(MultiEpochSampler(n, epochs, b, start_itr=3, seed=3, rank=1, world_size=2))
+    assert resumed == ranks[1][3 * b:]
+
+
+def test_epoch_sampler_reshuffles_each_pass_and_resumes_by_epoch():
+    sampler = EpochSampler(10, 3, seed=1)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    again = EpochSampler(10, 3, seed=1)
+    again.set_epoch(1)
+    assert list(again) == second
+    shares = [list(EpochSampler(10, 2, seed=1, rank=r, world_size=2)) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 4 and not set(shares[0]) & set(shares[1])
+    assert list(EpochSampler(5, 2, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def test_loader_yields_scaled_images_and_int64_labels(tmp_path):
+    h5 = random_hdf5(tmp_path / 'toy.hdf5')
+    loader = get_data_loaders(str(h5), batch_size=5, num_workers=0, G_lr=1e-4, model='BigGAN')
+    assert isinstance(loader, list) and len(loader) == 1
+    x, y = next(iter(loader[0]))
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1
+    with h5py.File(h5) as f:
+        raw = torch.from_numpy(f['imgs'][()]).float() / 127.5 - 1
+        labels = torch.from_numpy(f['labels'][()])
+    index = [int(torch.nonzero((raw == xi).flatten(1).all(1))[0]) for xi in x]
+    assert torch.equal(labels[index], y)
+    assert len(list(loader[0])) == 24 // 5  # drop_last
+
+
+def test_resumed_loader_sees_the_uninterrupted_batches(tmp_path):
+    h5 = str(random_hdf5(tmp_path / 'toy.hdf5', n=10))
+    kw = dict(batch_size=4, num_workers=0, use_multiepoch_sampler=True, num_epochs=3, seed=5)
+    full = batches(get_data_loaders(h5, **kw)[0])
+    resumed = batches(get_data_loaders(h5, start_itr=4, **kw)[0])
+    assert len(full) == 7 and len(resumed) == 3
+    for (x, y), (rx, ry) in zip(full[4:], resumed):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_workers_and_load_in_mem_give_identical_batches(tmp_path):
+    h5 = str(random_hdf5(tmp_path / 'toy.hdf5'))
+    kw = dict(batch_size=4, seed=2)
+    reference = batches(get_data_loaders(h5, num_workers=0, **kw)[0])
+    for variant in (dict(num_workers=2), dict(num_workers=0, load_in_mem=True)):
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in
+                   zip(reference, batches(get_data_loaders(h5, **variant, **kw)[0])))
+    other_seed = batches(get_data_loaders(h5, num_workers=0, batch_size=4, seed=3)[0])
+    assert not torch.equal(reference[0][1], other_seed[0][1])
+
+
+def test_folder_dataset_labels_follow_sorted_class_names(tmp_path):
+    folder = write_folder(tmp_path / 'f', {'zebra': 2, 'ant': 1, 'moose': 3})
+    data = datasets.ImageFolderDataset(folder, 8)
+    assert data.classes == ['ant', 'moose', 'zebra']
+    assert data.labels.tolist() == [0, 1, 1, 1, 2, 2]
+    in_mem = datasets.ImageFolderDataset(folder, 8, load_in_mem=True)
+    assert all(torch.equal(data[i][0], in_mem[i][0]) for i in range(len(data)))
+
+
+# ----------------------------------------------------------------------------- demo
+
+def test_demo_is_deterministic_with_ten_distinct_classes(tmp_path):
+    def digest(root: Path) -> str:
+        files = sorted(root.rglob('*.png'))
+        return hashlib.sha256(b''.join(f.read_bytes() for f in files)).hexdigest()
+
+    a = make_demo_folder(tmp_path / 'a', resolution=32, images_per_class=8, seed=0)
+    b = make_demo_folder(tmp_path / 'b', resolution=32, images_per_class=8, seed=0)
+    c = make_demo_folder(tmp_path / 'c', resolution=32, images_per_class=8, seed=1)
+    assert digest(a) == digest(b) != digest(c)
+    classes = datasets.find_classes(a)
+    assert len(classes) == 10 and len({name.split('_', 1)[1] for name in classes}) == 10
+    # Classes differ in what a GAN must learn: the mean object colour and the mean shape.
+    data = datasets.ImageFolderDataset(a, 32)
+    means = torch.stack([torch.stack([data[i][0] for i in np.flatnonzero(data.labels == k)])
+                         .mean(0) for k in range(10)])
+    distances = torch.cdist(means.flatten(1), means.flatten(1))
+    assert distances[~torch.eye(10, dtype=bool)].min() > 1.0
+    big = make_demo_folder(tmp_path / 'big', resolution=64, images_per_class=1, n_classes=12)
+    assert len(list(big.iterdir())) == 12
+    assert Image.open(next(big.rglob('*.png'))).size == (64, 64)
+    with pytest.raises(FileExistsError):
+        make_demo_folder(a)

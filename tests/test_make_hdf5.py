@@ -1,0 +1,118 @@
+"""Tests of make_hdf5.py: pixel-exact round trip, labels, skipped files, interruption, CLI."""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_datasets import write_folder
+
+import make_hdf5
+from datasets import HDF5Dataset, ImageFolderDataset, resolve_dataset
+
+
+def by_hand(path: Path, r: int) -> torch.Tensor:
+    """Decode with PIL and apply the documented transform step by step."""
+    img = Image.open(path).convert('RGB')
+    w, h = img.size
+    s = min(w, h)
+    left, top = round((w - s) / 2), round((h - s) / 2)
+    img = img.crop((left, top, left + s, top + s)).resize((r, r), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy()).float() / 127.5 - 1
+
+
+def mixed_folder(root: Path) -> Path:
+    """Three classes of odd-sized PNG and JPEG images, one greyscale."""
+    write_folder(root, {'b_dog': 2, 'a_cat': 3}, size=(21, 13))
+    (root / 'c_eel').mkdir()
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (30, 17, 3), dtype=np.uint8)).save(root / 'c_eel/0.jpg')
+    Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(root / 'c_eel/1.png')
+    return root
+
+
+def test_round_trip_gives_the_pixels_of_decoding_by_hand(tmp_path):
+    folder = mixed_folder(tmp_path / 'pets')
+    result = make_hdf5.pack_folder(folder, tmp_path / 'pets_8.hdf5', 8, batch_size=3,
+                                   num_workers=0, chunk_size=4, progress=False)
+    assert result.n_images == 7 and result.skipped == []
+    packed = HDF5Dataset(result.path)
+    unpacked = ImageFolderDataset(folder, 8)
+    assert len(packed) == len(unpacked) == 7
+    for i, path in enumerate(unpacked.paths):
+        x, y = packed[i]
+        assert torch.equal(x, by_hand(Path(path), 8))
+        assert torch.equal(x, unpacked[i][0]) and y == unpacked[i][1]
+    with h5py.File(result.path) as f:
+        assert f['imgs'].dtype == np.uint8 and f['imgs'].shape == (7, 3, 8, 8)
+        assert f['labels'].dtype == np.int64 and f['imgs'].chunks == (4, 3, 8, 8)
+        assert f['labels'][()].tolist() == [0, 0, 0, 1, 1, 2, 2]  # sorted class folders
+        assert list(f.attrs['classes']) == ['a_cat', 'b_dog', 'c_eel']
+        assert (f.attrs['n_classes'], f.attrs['resolution']) == (3, 8)
+    spec = resolve_dataset(str(result.path))
+    assert (spec.resolution, spec.n_classes) == (8, 3)
+
+
+def test_workers_and_compression_write_the_same_data(tmp_path):
+    folder = mixed_folder(tmp_path / 'pets')
+    plain = make_hdf5.pack_folder(folder, tmp_path / 'a.hdf5', 8, num_workers=0,
+                                  progress=False)
+    lzf = make_hdf5.pack_folder(folder, tmp_path / 'b.hdf5', 8, batch_size=2, num_workers=2,
+                                compression=True, progress=False)
+    with h5py.File(plain.path) as a, h5py.File(lzf.path) as b:
+        assert b['imgs'].compression == 'lzf' and a['imgs'].compression is None
+        assert np.array_equal(a['imgs'][()], b['imgs'][()])
+        assert np.array_equal(a['labels'][()], b['labels'][()])
+
+
+def test_corrupt_images_are_skipped_reported_and_logged(tmp_path, capsys):
+    folder = write_folder(tmp_path / 'shapes', {'a': 3, 'b': 3})
+    (folder / 'a' / 'garbage.jpg').write_bytes(b'not an image at all')
+    good = (folder / 'b' / '0.png').read_bytes()
+    (folder / 'b' / 'truncated.png').write_bytes(good[:len(good) // 2])
+    make_hdf5.main(['--dataset', str(folder), '--resolution', '8', '--data_root',
+                    str(tmp_path / 'out'), '--num_workers', '2', '--batch_size', '2'])
+    out = capsys.readouterr().out
+    output = tmp_path / 'out' / 'shapes_8.hdf5'
+    assert 'Skipped 2 unreadable images' in out and str(output) in out
+    assert 'garbage.jpg' in out and 'truncated.png' in out
+    log = (tmp_path / 'out' / 'shapes_8_skipped.txt').read_text().splitlines()
+    assert len(log) == 2 and 'garbage.jpg' in log[0] and 'truncated.png' in log[1]
+    with h5py.File(output) as f:
+        assert f['labels'][()].tolist() == [0, 0, 0, 1, 1, 1] and f.attrs['n_skipped'] == 2
+
+
+def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
+    folder = write_folder(tmp_path / 'f', {'a': 4, 'b': 4})
+    calls = []
+
+    def interrupt(path, resolution):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return np.zeros((3, resolution, resolution), np.uint8)
+    monkeypatch.setattr(make_hdf5, 'load_image', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        make_hdf5.pack_folder(folder, tmp_path / 'f.hdf5', 8, batch_size=2, num_workers=0,
+                              progress=False)
+    assert len(calls) == 5 and list(tmp_path.glob('f.hdf5*')) == []
+
+
+def test_named_dataset_and_demo_command_lines(tmp_path, capsys):
+    write_folder(tmp_path / 'ImageNet', {'n01': 1, 'n02': 2})
+    make_hdf5.main(['--dataset', 'I32', '--data_root', str(tmp_path), '--num_workers', '0'])
+    with h5py.File(tmp_path / 'ILSVRC32.hdf5') as f:
+        assert f['imgs'].shape == (3, 3, 32, 32)
+    demo = tmp_path / 'demo'
+    argv = ['--make_demo', str(demo), '--data_root', str(tmp_path), '--num_workers', '0',
+            '--demo_images_per_class', '3', '--demo_classes', '12']
+    make_hdf5.main(argv)
+    assert f'Wrote the demo image folder {demo}' in capsys.readouterr().out
+    spec = resolve_dataset(str(tmp_path / 'demo_32.hdf5'))
+    assert (spec.resolution, spec.n_classes, spec.name) == (32, 12, 'demo_32')
+    make_hdf5.main(argv + ['--resolution', '16'])  # an existing demo folder is reused
+    assert f'Using the existing demo folder {demo}' in capsys.readouterr().out
+    assert resolve_dataset(str(tmp_path / 'demo_16.hdf5')).resolution == 16
+    with pytest.raises(SystemExit, match='not an image folder dataset'):
+        make_hdf5.main(['--dataset', 'I128_hdf5'])
