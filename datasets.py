@@ -5,7 +5,14 @@ forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
 `get_data_loaders` builds the loader train.py iterates. Every image goes through
 `load_image` (RGB, centre crop on the long edge, PIL bilinear resize, as the 2019 release's
 torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
-identical pixels. `make_demo_folder` writes the built-in demo dataset.
+identical pixels. `--augment` shifts by up to R/8 pixels (reflect padding) and flips
+left-right, on folder, HDF5 and CIFAR data alike. `make_demo_folder` writes the built-in demo
+dataset (`python make_hdf5.py --make_demo data/demo` writes and packs it).
+
+Samplers: `MultiEpochSampler` (`--use_multiepoch_sampler`) makes the data order a pure
+function of (seed, iteration), so a resumed run sees the uninterrupted run's batches;
+otherwise `EpochSampler` reshuffles each pass from (seed, epoch). Both shard global batches
+across DDP ranks, and `batch_size` is always per rank.
 
 Example:
     loader = get_data_loaders('data/demo_32.hdf5', batch_size=64, num_workers=2)[0]
@@ -267,7 +274,6 @@ class ArrayDataset(ImageDataset):
         self.imgs = imgs
 
     def image(self, index: int) -> np.ndarray:
-        """The uint8 [3, R, R] image at index."""
         return self.imgs[index]
 
 
@@ -284,7 +290,6 @@ class ImageFolderDataset(ImageDataset):
                      if load_in_mem else None)
 
     def image(self, index: int) -> np.ndarray:
-        """The uint8 [3, R, R] image at index."""
         if self.imgs is not None:
             return self.imgs[index]
         return load_image(self.paths[index], self.resolution)
@@ -305,7 +310,6 @@ class HDF5Dataset(ImageDataset):
         self._file, self._pid = None, None
 
     def image(self, index: int) -> np.ndarray:
-        """The uint8 [3, R, R] image at index."""
         if self.imgs is not None:
             return self.imgs[index]
         # An h5py handle must not cross a fork: reopen in every new process.
@@ -340,7 +344,12 @@ def build_dataset(spec: DatasetSpec, augment: bool = False,
     if spec.kind in ('cifar10', 'cifar100'):
         return _cifar(spec, augment)
     if spec.kind == 'hdf5':
-        return HDF5Dataset(spec.path, spec.n_classes, augment, load_in_mem)
+        dataset = HDF5Dataset(spec.path, spec.n_classes, augment, load_in_mem)
+        if dataset.resolution != spec.resolution:
+            raise ValueError(f'{spec.path} holds {dataset.resolution}x{dataset.resolution} '
+                             f'images but {spec.name} is {spec.resolution}x{spec.resolution}; '
+                             f'repack it with make_hdf5.py')
+        return dataset
     dataset = ImageFolderDataset(spec.path, spec.resolution, augment, load_in_mem)
     if len(dataset.classes) != spec.n_classes:
         raise ValueError(f'{spec.path} has {len(dataset.classes)} class folders but {spec.name} '

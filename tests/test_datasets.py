@@ -50,6 +50,7 @@ def random_hdf5(path: Path, n: int = 24, r: int = 8, n_classes: int = 3) -> Path
 
 
 def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All batches of one pass over a loader."""
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
@@ -159,8 +160,11 @@ def test_hdf5_checks_fire_with_helpful_messages(tmp_path):
                np.array([0, 1000]))
     with pytest.raises(ValueError, match=r'\[0, 1000\)'):
         get_data_loaders('I32_hdf5', data_root=str(tmp_path), num_workers=0)
-    with pytest.raises(FileNotFoundError, match='make_hdf5.py'):
+    write_hdf5(tmp_path / 'ILSVRC64.hdf5', np.zeros((2, 3, 32, 32), np.uint8), np.array([0, 1]))
+    with pytest.raises(ValueError, match='holds 32x32 images but I64_hdf5 is 64x64'):
         get_data_loaders('I64_hdf5', data_root=str(tmp_path), num_workers=0)
+    with pytest.raises(FileNotFoundError, match='make_hdf5.py'):
+        get_data_loaders('I128_hdf5', data_root=str(tmp_path), num_workers=0)
 
 
 def test_cifar_offline_names_the_folder_and_what_to_put_there(tmp_path, monkeypatch):

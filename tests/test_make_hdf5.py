@@ -1,4 +1,8 @@
 """Tests of make_hdf5.py: pixel-exact round trip, labels, skipped files, interruption, CLI."""
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -97,6 +101,32 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, monkeypat
         make_hdf5.pack_folder(folder, tmp_path / 'f.hdf5', 8, batch_size=2, num_workers=0,
                               progress=False)
     assert len(calls) == 5 and list(tmp_path.glob('f.hdf5*')) == []
+
+
+SLOW_PACK = """
+import sys, time
+import make_hdf5
+decode = make_hdf5.load_image
+make_hdf5.load_image = lambda path, r: (time.sleep(0.05), decode(path, r))[1]
+make_hdf5.main(sys.argv[1:])
+"""
+
+
+def test_killed_run_leaves_no_file_under_the_final_name(tmp_path):
+    folder = write_folder(tmp_path / 'f', {'a': 40, 'b': 40})
+    root = Path(make_hdf5.__file__).parent
+    proc = subprocess.Popen([sys.executable, '-c', SLOW_PACK, '--dataset', str(folder),
+                             '--resolution', '8', '--data_root', str(tmp_path / 'out'),
+                             '--num_workers', '0', '--batch_size', '4'], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / 'out' / 'f_8.hdf5.partial'
+    deadline = time.time() + 30
+    while not partial.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert partial.exists(), 'the packer never started writing'
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM
+    assert list((tmp_path / 'out').iterdir()) == []
 
 
 def test_named_dataset_and_demo_command_lines(tmp_path, capsys):
