@@ -2,7 +2,7 @@
 
 `resolve_dataset` turns a name from the one table `DATASETS` (I32..I256, their `_hdf5`
 forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
-`get_data_loaders` builds the loader train.py iterates. Every image goes through
+`get_data_loaders` builds the loader train.py iterates. Every image file goes through
 `load_image` (RGB, centre crop on the long edge, PIL bilinear resize, as the 2019 release's
 torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
 identical pixels. `--augment` shifts by up to R/8 pixels (reflect padding) and flips
@@ -307,18 +307,18 @@ class HDF5Dataset(ImageDataset):
         if load_in_mem:
             with h5py.File(self.path, 'r') as f:
                 self.imgs = f['imgs'][()]
-        self._file, self._pid = None, None
+        self._imgs, self._pid = None, None  # h5py dataset of this process's own handle
 
     def image(self, index: int) -> np.ndarray:
         if self.imgs is not None:
             return self.imgs[index]
         # An h5py handle must not cross a fork: reopen in every new process.
         if self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, 'r'), os.getpid()
-        return self._file['imgs'][index]
+            self._imgs, self._pid = h5py.File(self.path, 'r')['imgs'], os.getpid()
+        return self._imgs[index]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, '_file': None, '_pid': None}
+        return {**self.__dict__, '_imgs': None, '_pid': None}
 
 
 def _cifar(spec: DatasetSpec, augment: bool) -> ArrayDataset:
