@@ -294,6 +294,12 @@ class Discriminator(nn.Module):
 # ----------------------------------------------------------------------------------------
 
 
+def unwrap(net: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel/DataParallel wrapper (or the model)."""
+    return net.module if isinstance(net, (nn.parallel.DistributedDataParallel,
+                                          nn.DataParallel)) else net
+
+
 class G_D(nn.Module):
     """Runs G then D in one forward, so DataParallel/DDP need not gather G's output."""
 
@@ -304,17 +310,22 @@ class G_D(nn.Module):
     def forward(self, z: torch.Tensor, gy: torch.Tensor, x: Optional[torch.Tensor] = None,
                 dy: Optional[torch.Tensor] = None, train_G: bool = False,
                 return_G_z: bool = False, split_D: bool = False):
-        """D(G(z, gy)) and, with reals x, D(x, dy): fakes and reals share one D pass."""
+        """D(G(z, gy)) and, with reals x, D(x, dy): fakes and reals share one D pass.
+
+        Under DDP, G and D are wrapped separately and only the net being trained runs
+        through its wrapper: the frozen one has no gradients to all-reduce.
+        """
+        G, D = (self.G, unwrap(self.D)) if train_G else (unwrap(self.G), self.D)
         with torch.set_grad_enabled(train_G):
-            G_z = self.G(z, self.G.shared(gy))
+            G_z = G(z, unwrap(self.G).shared(gy))
         if split_D:
-            D_fake = self.D(G_z, gy)
+            D_fake = D(G_z, gy)
             if x is not None:
-                return D_fake, self.D(x, dy)
+                return D_fake, D(x, dy)
             return (D_fake, G_z) if return_G_z else D_fake
         D_input = torch.cat([G_z, x], 0) if x is not None else G_z
         D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = self.D(D_input, D_class)
+        D_out = D(D_input, D_class)
         if x is not None:
             return torch.split(D_out, [G_z.shape[0], x.shape[0]])  # D_fake, D_real
         return (D_out, G_z) if return_G_z else D_out

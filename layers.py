@@ -217,6 +217,9 @@ class StoredStatsNorm(nn.Module):
     def normalize(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable or None)."""
+        if self.training and getattr(self, 'sync_bn', None) is not None:
+            out = _sync_batch_norm(self, x)
+            return out if gain is None else out * gain + bias
         if not (self.training and (self.mybn or self.accumulate_standing)):
             # Statistics in fp32 even under autocast: F.batch_norm accumulates in fp32 and
             # keeps the fp32 stored stats (mixed-type BN).
@@ -385,3 +388,45 @@ class DBlock(nn.Module):
         if self.downsample is not None:
             h = self.downsample(h)
         return h + self.shortcut(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-replica (synchronised) batch norm
+# ----------------------------------------------------------------------------------------
+
+
+def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
+    """Make every BN of `net` normalise with statistics over all DDP ranks (--cross_replica).
+
+    On GPUs this is PyTorch's own SyncBatchNorm; the stored stats stay in our buffers (and
+    checkpoint keys), which it updates in place.
+    """
+    for m in net.modules():
+        if isinstance(m, StoredStatsNorm):
+            sync = nn.SyncBatchNorm(m.stored_mean.numel(), eps=m.eps, momentum=m.momentum,
+                                    affine=False, process_group=process_group)
+            object.__setattr__(m, 'sync_bn', sync)  # not a submodule: no extra state keys
+
+
+def _sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm over the whole global batch (every rank), updating norm's stored stats."""
+    sync = norm.sync_bn
+    if x.device.type == 'cuda':
+        sync.running_mean, sync.running_var = norm.stored_mean, norm.stored_var
+        return sync(x)
+    # PyTorch's SyncBatchNorm is GPU-only: on CPU (gloo) all-reduce the sums with autograd.
+    import torch.distributed.nn.functional as dist_fn
+    group = sync.process_group or torch.distributed.group.WORLD
+    xf = x.float()
+    n = torch.full((1,), xf.numel() // xf.size(1), dtype=torch.float32, device=x.device)
+    stats = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), n])
+    stats = dist_fn.all_reduce(stats, group=group)
+    C = x.size(1)
+    count = stats[2 * C]
+    mean = stats[:C] / count
+    var = stats[C:2 * C] / count - mean.square()
+    with torch.no_grad():
+        norm.stored_mean.lerp_(mean, norm.momentum)
+        norm.stored_var.lerp_(var * count / (count - 1).clamp(min=1), norm.momentum)
+    ones = x.new_ones(())
+    return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1), ones, ones * 0, norm.eps)

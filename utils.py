@@ -1,4 +1,5 @@
-"""Utilities: the command-line flags and run config (more sections follow below).
+"""Utilities, in sections: config/CLI, seeds, EMA and regularisers, checkpoints, logging,
+z/y sampling and sample sheets.
 
 Every flag of the 2019 release is accepted with its name and default (SPEC §9), so 2019
 launch scripts parse unchanged. Each flag is defined once, in FLAGS / SAMPLE_FLAGS.
@@ -6,8 +7,20 @@ launch scripts parse unchanged. Each flag is defined once, in FLAGS / SAMPLE_FLA
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import random
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+
+import layers
 
 # ----------------------------------------------------------------------------------------
 # Config / CLI
@@ -139,6 +152,17 @@ FLAGS = [
     Flag('log_G_spectra', False, SWITCH, "log G's singular values"),
     Flag('log_D_spectra', False, SWITCH, "log D's singular values"),
     Flag('sv_log_interval', 10, int, 'iterations between singular value logs'),
+    # Beyond 2019
+    Flag('loss', 'hinge', str, 'adversarial loss: hinge or dcgan', choices=('hinge', 'dcgan')),
+    Flag('unconditional', False, SWITCH, 'ignore the labels: one class, no projection in D'),
+    Flag('log_every', 50, int, 'iterations between reading the losses (host syncs)'),
+    Flag('amp', 'none', str, 'mixed precision: none, bf16 or fp16 (with a grad scaler)',
+         choices=('none', 'bf16', 'fp16')),
+    Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D'),
+    Flag('compile', False, SWITCH, 'torch.compile G and D'),
+    Flag('inception', 'torchvision', str, 'Inception net for IS/FID: torchvision or tf',
+         choices=('torchvision', 'tf')),
+    Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)'),
 ]
 
 SAMPLE_FLAGS = [
@@ -153,7 +177,8 @@ SAMPLE_FLAGS = [
 ]
 
 # Keys a run config holds that no flag sets: derived from the data, or 2019 objects.
-DERIVED_KEYS = {'n_classes', 'G_activation', 'D_activation'}
+DERIVED_KEYS = {'n_classes', 'classes_per_sheet', 'moments_path', 'G_activation',
+                'D_activation'}
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag]) -> None:
@@ -183,3 +208,441 @@ def add_sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def config_keys() -> set[str]:
     """Every key a run config may hold."""
     return {f.key for f in FLAGS + SAMPLE_FLAGS} | DERIVED_KEYS
+
+
+def legacy_precision_note(config: dict) -> Optional[str]:
+    """Map the 2019 fp16 flags onto `--amp fp16`; returns a note to print, or None."""
+    legacy = [k for k in ('G_fp16', 'D_fp16', 'G_mixed_precision', 'D_mixed_precision')
+              if config.get(k)]
+    if not legacy or config.get('amp', 'none') != 'none':
+        return None
+    config['amp'] = 'fp16'
+    return (f"--{' --'.join(legacy)}: the 2019 fp16 modes are replaced by autocast mixed "
+            f"precision; running with --amp fp16 (SN and BN statistics stay fp32). "
+            f"--amp bf16 is the better choice on GPUs that support it.")
+
+
+def update_config_roots(config: dict) -> dict:
+    """With --base_root, put weights/, logs/, samples/ (and data/ unless given) under it."""
+    if config['base_root']:
+        for key in ('weights', 'logs', 'samples'):
+            config[f'{key}_root'] = os.path.join(config['base_root'], key)
+        if config['data_root'] == 'data':
+            config['data_root'] = os.path.join(config['base_root'], 'data')
+    return config
+
+
+def name_from_config(config: dict) -> str:
+    """The 2019 experiment name derived from the config (SPEC §3), so 2019 runs are found."""
+    c = config
+    parts = [
+        f"Big{c['which_train_fn']}", c['dataset'],
+        c['model'] if c['model'] != 'BigGAN' else None,
+        f"seed{c['seed']}", f"Gch{c['G_ch']}", f"Dch{c['D_ch']}",
+        f"Gd{c['G_depth']}" if c['G_depth'] > 1 else None,
+        f"Dd{c['D_depth']}" if c['D_depth'] > 1 else None,
+        f"bs{c['batch_size']}",
+        'Gfp16' if c['G_fp16'] else None, 'Dfp16' if c['D_fp16'] else None,
+        f"nDs{c['num_D_steps']}" if c['num_D_steps'] > 1 else None,
+        f"nDa{c['num_D_accumulations']}" if c['num_D_accumulations'] > 1 else None,
+        f"nGa{c['num_G_accumulations']}" if c['num_G_accumulations'] > 1 else None,
+        f"Glr{c['G_lr']:2.1e}", f"Dlr{c['D_lr']:2.1e}",
+        f"GB{c['G_B1']:3.3f}" if c['G_B1'] else None,
+        f"GBB{c['G_B2']:3.3f}" if c['G_B2'] != 0.999 else None,
+        f"DB{c['D_B1']:3.3f}" if c['D_B1'] else None,
+        f"DBB{c['D_B2']:3.3f}" if c['D_B2'] != 0.999 else None,
+        f"Gnl{c['G_nl']}", f"Dnl{c['D_nl']}", f"Ginit{c['G_init']}", f"Dinit{c['D_init']}",
+        f"G{c['G_param']}" if c['G_param'] != 'SN' else None,
+        f"D{c['D_param']}" if c['D_param'] != 'SN' else None,
+        f"Gattn{c['G_attn']}" if c['G_attn'] != '0' else None,
+        f"Dattn{c['D_attn']}" if c['D_attn'] != '0' else None,
+        f"Gortho{c['G_ortho']:2.1e}" if c['G_ortho'] > 0 else None,
+        f"Dortho{c['D_ortho']:2.1e}" if c['D_ortho'] > 0 else None,
+        c['norm_style'] if c['norm_style'] != 'bn' else None,
+        'cr' if c['cross_replica'] else None, 'Gshared' if c['G_shared'] else None,
+        'hier' if c['hier'] else None, 'ema' if c['ema'] else None,
+        c['name_suffix'] or None,
+    ]
+    name = '_'.join(p for p in parts if p is not None)
+    return hashname(name) if c['hashname'] else name
+
+
+_ADJECTIVES = ('amber azure bold brave calm clever crisp dapper eager fancy fuzzy gentle '
+               'glossy grand happy hardy jolly keen lively lucky mellow merry nimble noble '
+               'plucky polite proud quick quiet rapid rustic shiny silent sleek smart snowy '
+               'spry stout sunny swift tidy vivid warm wild wise witty zesty').split()
+_ANIMALS = ('badger beaver bison camel cobra condor cougar coyote crane dingo eagle falcon '
+            'ferret gecko gibbon heron hyena ibex iguana jackal koala lemur llama lynx marmot '
+            'moose newt ocelot otter panda parrot puffin quokka rabbit raven salmon seal '
+            'shrew sloth stork tapir tiger toucan walrus wombat yak zebra').split()
+
+
+def hashname(name: str) -> str:
+    """Three words from a stable hash of the name (2019's used the per-process hash())."""
+    h = int(hashlib.sha256(name.encode()).hexdigest(), 16)
+    a = _ADJECTIVES
+    return f'{a[h % len(a)]}_{a[(h // len(a)) % len(a)]}_{_ANIMALS[(h >> 64) % len(_ANIMALS)]}'
+
+
+def save_config(config: dict, path: str) -> None:
+    """Write the resolved config as JSON (plain values only)."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(plain_config(config), f, indent=2, sort_keys=True)
+
+
+def plain_config(config: dict) -> dict:
+    """The config without 2019's pickled nn.ReLU entries (rebuilt from G_nl/D_nl)."""
+    return {k: v for k, v in config.items() if k not in ('G_activation', 'D_activation')}
+
+
+# ----------------------------------------------------------------------------------------
+# Seeds and RNG state
+# ----------------------------------------------------------------------------------------
+
+
+def seed_rng(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and all GPUs)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_itr(seed: int, rank: int, itr: int) -> None:
+    """Seed torch from (seed, rank, iteration): a resumed run draws what the original drew."""
+    torch.manual_seed((seed * 1_000_003 + rank) * 100_000_007 + itr)
+
+
+def rng_state() -> dict:
+    """Every RNG's state, in types that load with `weights_only=True`."""
+    np_state = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states saved by `rng_state`."""
+    random.setstate(state['python'])
+    torch.set_rng_state(state['torch'])
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, keys.numpy(), *rest))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
+
+
+# ----------------------------------------------------------------------------------------
+# EMA and regularisers
+# ----------------------------------------------------------------------------------------
+
+
+class ema:
+    """Exponential moving average of G: every state-dict entry, params and buffers alike.
+
+    Before `start_itr` the copy is pegged to G (decay 0).
+    """
+
+    def __init__(self, source: nn.Module, target: nn.Module, decay: float = 0.9999,
+                 start_itr: int = 0):
+        self.source, self.target, self.decay, self.start_itr = source, target, decay, start_itr
+        self.source_dict, self.target_dict = source.state_dict(), target.state_dict()
+        self.target.load_state_dict(self.source_dict)
+        self.keys = [k for k, v in self.source_dict.items() if v.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, itr: Optional[int] = None) -> None:
+        """ema = decay * ema + (1 - decay) * G, for all entries at once."""
+        decay = self.decay if itr is None or itr >= self.start_itr else 0.0
+        src = [self.source_dict[k] for k in self.keys]
+        tgt = [self.target_dict[k] for k in self.keys]
+        torch._foreach_lerp_(tgt, src, 1.0 - decay)
+
+
+def ortho(model: nn.Module, strength: float = 1e-4, blacklist: tuple = ()) -> None:
+    """Add the orthogonal-regularisation gradient to every >=2-dim parameter's grad.
+
+    With W viewed [out, -1]: grad += strength * 2 ((W Wᵀ) ⊙ (1 - I)) W, the gradient of
+    (strength / 2) ‖(W Wᵀ) ⊙ (1 - I)‖²_F, computed without building that loss.
+    """
+    skip = {id(p) for p in blacklist}
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim < 2 or id(param) in skip or param.grad is None:
+                continue
+            w = param.view(param.shape[0], -1)
+            gram = torch.mm(w, w.t())
+            gram.fill_diagonal_(0)
+            param.grad.add_(torch.mm(gram, w).view_as(param), alpha=2 * strength)
+
+
+def toggle_grad(model: nn.Module, on: bool) -> None:
+    """Switch requires_grad of every parameter of a model."""
+    for param in model.parameters():
+        param.requires_grad_(on)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints: 2019 layout, written atomically, loaded with an allow-list
+# ----------------------------------------------------------------------------------------
+
+
+def _suffixed(name: str, suffix: Optional[str]) -> str:
+    return f'{name}_{suffix}.pth' if suffix else f'{name}.pth'
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary name, fsync, then rename: a kill never leaves half a file."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_file(path: str, map_location: Any = 'cpu') -> Any:
+    """torch.load with weights_only, allowing the nn.ReLU objects 2019 configs pickled."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'checkpoint file {path} does not exist')
+    with torch.serialization.safe_globals([nn.ReLU]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str,
+                 experiment_name: str, name_suffix: Optional[str] = None,
+                 G_ema: Optional[nn.Module] = None, G_optim=None, D_optim=None,
+                 extra: Optional[dict] = None) -> str:
+    """Write G, D, their optimizers, state_dict (plus `extra`) and G_ema into the run folder.
+
+    Each file is written atomically; state_dict.pth, which records the iteration, goes last.
+    """
+    root = os.path.join(weights_root, experiment_name)
+    os.makedirs(root, exist_ok=True)
+    files = [('G', G.state_dict()), ('D', D.state_dict())]
+    files += [('G_optim', G_optim.state_dict())] if G_optim is not None else []
+    files += [('D_optim', D_optim.state_dict())] if D_optim is not None else []
+    files += [('G_ema', G_ema.state_dict())] if G_ema is not None else []
+    state = dict(state_dict, config=plain_config(state_dict.get('config', {})), **(extra or {}))
+    for name, obj in files + [('state_dict', state)]:
+        atomic_save(obj, os.path.join(root, _suffixed(name, name_suffix)))
+    return root
+
+
+def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,
+                 weights_root: str, experiment_name: str, name_suffix: Optional[str] = None,
+                 G_ema: Optional[nn.Module] = None, strict: bool = True, G_optim=None,
+                 D_optim=None) -> dict:
+    """Load a run folder (ours or the 2019 release's) into the given modules.
+
+    Updates the keys of `state_dict` it already has from state_dict.pth and returns the whole
+    loaded state (with extra resume entries such as RNG states).
+    """
+    root = os.path.join(weights_root, experiment_name)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'no run folder {root}: check --weights_root/--base_root and '
+                                f'--experiment_name (or the flags the name is derived from)')
+    targets = [('G', G), ('D', D), ('G_ema', G_ema), ('G_optim', G_optim),
+               ('D_optim', D_optim)]
+    for name, target in targets:
+        if target is None:
+            continue
+        loaded = load_file(os.path.join(root, _suffixed(name, name_suffix)))
+        if name.endswith('optim'):
+            target.load_state_dict(loaded)
+        else:
+            load_state_checked(target, loaded, strict, f'{root}/{_suffixed(name, name_suffix)}')
+    saved = load_file(os.path.join(root, _suffixed('state_dict', name_suffix)))
+    for key in state_dict:
+        if key in saved and key != 'config':
+            state_dict[key] = saved[key]
+    return saved
+
+
+def load_state_checked(module: nn.Module, state: dict, strict: bool, source: str) -> None:
+    """load_state_dict that names every missing, unexpected and mis-shaped key."""
+    own = module.state_dict()
+    wrong = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or (strict and (missing or unexpected)):
+        lines = [f'{source} does not fit this {type(module).__name__}:']
+        lines += [f'  shape mismatch {w}' for w in wrong]
+        lines += [f'  missing from file: {", ".join(missing)}'] if missing else []
+        lines += [f'  not in model: {", ".join(unexpected)}'] if unexpected else []
+        lines.append('  (is the config — resolution, G_ch/D_ch, attention, hier, G_shared, '
+                     'n_classes — the one this checkpoint was trained with?)')
+        raise ValueError('\n'.join(lines))
+    module.load_state_dict(state, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------------------
+
+
+class MetricsLogger:
+    """Appends one JSON object per record (with a timestamp) to a .jsonl file."""
+
+    def __init__(self, fname: str, reinitialize: bool = False):
+        self.fname = fname
+        os.makedirs(os.path.dirname(fname) or '.', exist_ok=True)
+        if reinitialize and os.path.exists(fname):
+            os.remove(fname)
+
+    def log(self, record: Optional[dict] = None, **kwargs) -> None:
+        """Append a record."""
+        record = dict(record or {}, **kwargs, _stamp=time.time())
+        with open(self.fname, 'a') as f:
+            f.write(json.dumps(record, ensure_ascii=True) + '\n')
+
+    def truncate_after(self, itr: int) -> None:
+        """Drop records of iterations after `itr` (written by a run that was killed later)."""
+        if not os.path.exists(self.fname):
+            return
+        with open(self.fname) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get('itr', 0) <= itr]
+        with open(self.fname, 'w') as f:
+            f.writelines(kept)
+
+
+class MyLogger:
+    """Plain-text training logs, one file per metric: lines `itr: value`."""
+
+    def __init__(self, root: str, reinitialize: bool = False, logstyle: str = '%3.3f'):
+        self.root, self.logstyle = root, logstyle
+        os.makedirs(root, exist_ok=True)
+        if reinitialize:
+            for fname in os.listdir(root):
+                if fname.endswith('.log'):
+                    os.remove(os.path.join(root, fname))
+
+    def log(self, itr: int, **kwargs: float) -> None:
+        """Append each metric to its own file."""
+        for name, value in kwargs.items():
+            with open(os.path.join(self.root, f'{name}.log'), 'a') as f:
+                f.write(f'{itr}: {self.logstyle % value}\n')
+
+    def truncate_after(self, itr: int) -> None:
+        """Drop lines of iterations after `itr`."""
+        for fname in os.listdir(self.root):
+            if fname.endswith('.log'):
+                path = os.path.join(self.root, fname)
+                with open(path) as f:
+                    kept = [line for line in f if int(line.split(':', 1)[0]) <= itr]
+                with open(path, 'w') as f:
+                    f.writelines(kept)
+
+
+def get_SVs(net: nn.Module, prefix: str) -> dict[str, float]:
+    """Every logged singular value of a net, keyed like 2019's SV logs."""
+    return {f'{prefix}_{key}'.replace('.', '_'): float(value)
+            for key, value in net.state_dict().items() if 'sv' in key.split('.')[-1]}
+
+
+# ----------------------------------------------------------------------------------------
+# z/y sampling, standing stats, sample sheets
+# ----------------------------------------------------------------------------------------
+
+
+class Latents:
+    """Preallocated z [B, dim_z] and class y [B] buffers, resampled in place."""
+
+    def __init__(self, batch_size: int, dim_z: int, n_classes: int,
+                 device: Union[str, torch.device] = 'cpu', z_var: float = 1.0):
+        self.z = torch.empty(batch_size, dim_z, device=device)
+        self.y = torch.empty(batch_size, dtype=torch.long, device=device)
+        self.n_classes, self.z_var = n_classes, z_var
+
+    def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """New z ~ N(0, z_var²) (2019 used z_var as the std) and uniform classes."""
+        self.z.normal_(0, self.z_var)
+        self.y.random_(0, self.n_classes)
+        return self.z, self.y
+
+
+def truncated_normal(shape: tuple, truncation: float, device: Union[str, torch.device] = 'cpu',
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """N(0, 1) samples with every entry |z_i| > truncation redrawn until all lie within it."""
+    z = torch.randn(shape, device=device, generator=generator)
+    outside = z.abs() > truncation
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), device=device, generator=generator)
+        outside = z.abs() > truncation
+    return z
+
+
+def accumulate_standing_stats(G: nn.Module, latents: Latents, num_accumulations: int = 16
+                              ) -> None:
+    """Replace G's BN statistics by their average over `num_accumulations` fresh batches."""
+    norms = [m for m in G.modules() if isinstance(m, layers.StoredStatsNorm)]
+    for m in norms:
+        m.start_standing_stats()
+    G.train()
+    with torch.no_grad():
+        for _ in range(num_accumulations):
+            z, y = latents.sample_()
+            G(z, G.shared(y))
+    for m in norms:
+        m.finish_standing_stats()
+    G.eval()
+
+
+def _save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torchvision.utils.save_image(images.float().cpu(), path, nrow=nrow, normalize=True,
+                                 value_range=(-1, 1))
+
+
+@torch.no_grad()
+def sample_sheet(G: nn.Module, classes_per_sheet: int, num_classes: int,
+                 samples_per_class: int, samples_root: str, experiment_name: str,
+                 folder_number: int, device: Union[str, torch.device] = 'cpu') -> list[str]:
+    """Per-class sheets samples{i}.jpg: one column per class, `samples_per_class` rows."""
+    paths = []
+    for i in range(max(num_classes // classes_per_sheet, 1)):
+        classes = min(classes_per_sheet, num_classes)
+        y = torch.arange(i * classes, (i + 1) * classes, device=device)
+        ims = [G(torch.randn(classes, G.dim_z, device=device), G.shared(y))
+               for _ in range(samples_per_class)]
+        out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
+        paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
+                                  f'samples{i}.jpg'))
+        _save_grid(out, paths[-1], nrow=samples_per_class)
+    return paths
+
+
+def interp(x0: torch.Tensor, x1: torch.Tensor, num_midpoints: int) -> torch.Tensor:
+    """Linear interpolation [N, 1, D] x2 -> [N, num_midpoints + 2, D]."""
+    lerp = torch.linspace(0, 1.0, num_midpoints + 2, device=x0.device).to(x0.dtype)
+    return x0 * (1 - lerp.view(1, -1, 1)) + x1 * lerp.view(1, -1, 1)
+
+
+@torch.no_grad()
+def interp_sheet(G: nn.Module, num_per_sheet: int, num_midpoints: int, num_classes: int,
+                 samples_root: str, experiment_name: str, folder_number: int,
+                 sheet_number: int = 0, fix_z: bool = False, fix_y: bool = False,
+                 device: Union[str, torch.device] = 'cpu') -> Optional[str]:
+    """Interpolation sheet interp{Z}{Y}{n}.jpg: rows go from one (z, class) to another."""
+    n, steps = num_per_sheet, num_midpoints + 2
+    if not fix_y and not isinstance(G.shared, nn.Embedding):
+        return None  # without a shared embedding there is no class vector to interpolate
+    if fix_z:
+        zs = torch.randn(n, 1, G.dim_z, device=device).repeat(1, steps, 1)
+    else:
+        zs = interp(torch.randn(n, 1, G.dim_z, device=device),
+                    torch.randn(n, 1, G.dim_z, device=device), num_midpoints)
+    y0 = G.shared(torch.randint(0, num_classes, (n,), device=device)).view(n, 1, -1)
+    if fix_y:
+        ys = y0.repeat(1, steps, *[1] * (y0.dim() - 2))
+    else:
+        y1 = G.shared(torch.randint(0, num_classes, (n,), device=device)).view(n, 1, -1)
+        ys = interp(y0, y1, num_midpoints)
+    ys = ys.flatten(0, 1)  # (n * steps, shared_dim), or (n * steps, 1) class indices
+    out = G(zs.flatten(0, 1), ys.squeeze(-1) if ys.dtype == torch.long else ys)
+    style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
+    path = os.path.join(samples_root, experiment_name, str(folder_number),
+                        f'interp{style}{sheet_number}.jpg')
+    _save_grid(out, path, nrow=steps)
+    return path

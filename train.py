@@ -1,0 +1,313 @@
+"""Train a BigGAN or BigGAN-deep.
+
+    python train.py --dataset data/demo32.hdf5 --resolution 32 --shuffle --batch_size 64 \\
+        --G_ch 32 --D_ch 32 --G_shared --shared_dim 32 --hier --dim_z 64 --ema --use_ema
+    torchrun --nproc_per_node=8 train.py <the same flags>      # DDP, one process per GPU
+
+Config -> seeds -> data -> models -> optimizers -> EMA -> resume -> loop, with periodic
+save/sample (--save_every) and IS/FID tests (--test_every). Runs live in
+<weights_root>/<experiment_name>/ and are found again by their name (--resume).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+import datasets
+import train_fns
+import utils
+from BigGAN import G_D
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Join the torchrun process group if launched by torchrun: (rank, world_size, device)."""
+    if 'RANK' not in os.environ or int(os.environ.get('WORLD_SIZE', 1)) == 1:
+        return 0, 1, torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group('nccl', device_id=torch.device('cuda', local_rank))
+        device = torch.device('cuda', local_rank)
+    else:
+        dist.init_process_group('gloo')
+        device = torch.device('cpu')
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def prepare_config(config: dict) -> dict:
+    """Resolve roots, precision flags, the dataset's resolution/classes and the run's name."""
+    note = utils.legacy_precision_note(config)
+    if note:
+        print(note)
+    utils.update_config_roots(config)
+    spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
+                                    config['resolution'] or None)
+    config['resolution'] = spec.resolution
+    config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
+    config['classes_per_sheet'] = min(spec.classes_per_sheet, config['n_classes'])
+    config['G_batch_size'] = config['G_batch_size'] or config['batch_size']
+    config['experiment_name'] = config['experiment_name'] or utils.name_from_config(config)
+    config['moments_path'] = str(spec.moments_path)
+    return config
+
+
+def check_test_setup(config: dict) -> None:
+    """Testing needs Inception weights and the moments file: fail now, not hours later."""
+    if config['test_every'] > 0:
+        import inception_utils
+        inception_utils.check_inception_ready(config['moments_path'], config['inception'],
+                                              config['inception_weights'] or None,
+                                              config['no_fid'])
+
+
+def build_models(config: dict, device: torch.device):
+    """G, D and (with --ema) G_ema of the configured model module, on the device."""
+    model = importlib.import_module(config['model'])
+    G = model.Generator(**config).to(device)
+    D = model.Discriminator(**config).to(device)
+    G_ema = None
+    if config['ema']:
+        G_ema = model.Generator(**{**config, 'skip_init': True}).to(device)
+        G_ema.requires_grad_(False)
+    if config['channels_last']:
+        for net in (G, D, G_ema):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+    return G, D, G_ema
+
+
+def build_optimizers(G: nn.Module, D: nn.Module, config: dict, device: torch.device):
+    """Adam for G and D with the flags' learning rates, betas and eps (fused on CUDA)."""
+    fused = {'fused': True} if device.type == 'cuda' else {}
+    G_optim = torch.optim.Adam(G.parameters(), lr=config['G_lr'], weight_decay=0,
+                               betas=(config['G_B1'], config['G_B2']), eps=config['adam_eps'],
+                               **fused)
+    D_optim = torch.optim.Adam(D.parameters(), lr=config['D_lr'], weight_decay=0,
+                               betas=(config['D_B1'], config['D_B2']), eps=config['adam_eps'],
+                               **fused)
+    return G_optim, D_optim
+
+
+def load_for_finetuning(G, D, G_ema, path: str) -> None:
+    """Load a run's weights, re-initialising class embeddings whose class count differs."""
+    root, suffix = path, None
+    if os.path.isfile(path):  # e.g. weights/run/G_best0.pth
+        root, name = os.path.split(path)
+        suffix = name[len('G_'):-len('.pth')] if name.startswith('G_') else None
+    for net, name in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
+        fname = os.path.join(root, f'{name}_{suffix}.pth' if suffix else f'{name}.pth')
+        if net is None or (name == 'G_ema' and not os.path.exists(fname)):
+            continue
+        state = utils.load_file(fname)
+        embeddings = [n for n, m in net.named_modules() if isinstance(m, nn.Embedding)]
+        own = net.state_dict()
+        for key in list(state):
+            in_embedding = any(key.startswith(e + '.') for e in embeddings)
+            if in_embedding and key in own and own[key].shape != state[key].shape:
+                state[key] = own[key]  # a new class count: keep the fresh initialisation
+        utils.load_state_checked(net, state, True, fname)
+    if G_ema is not None and not os.path.exists(os.path.join(root, 'G_ema.pth')):
+        G_ema.load_state_dict(G.state_dict())  # a run without EMA: start the EMA at G
+
+
+def install_stop_handlers() -> dict:
+    """SIGTERM/SIGUSR1 ask the loop to save and exit at the end of the current iteration."""
+    stop = {'signal': None}
+
+    def handler(signum, frame):
+        stop['signal'] = signum
+    for sig in (signal.SIGTERM, getattr(signal, 'SIGUSR1', None)):
+        if sig is not None:
+            signal.signal(sig, handler)
+    return stop
+
+
+def run(config: dict) -> dict:
+    """Train as the config says; returns the final state_dict (itr, epoch, best scores)."""
+    # Setup processes and config:
+    rank, world_size, device = setup_distributed()
+    config = prepare_config(config)
+    check_test_setup(config)
+    name = config['experiment_name']
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    utils.seed_rng(config['seed'])  # the same initial weights on every rank
+
+    # Create models, optimizers, EMA:
+    G, D, G_ema = build_models(config, device)
+    G_optim, D_optim = build_optimizers(G, D, config, device)
+    ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start']) if G_ema else None
+    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+                  'best_FID': 999999, 'config': config}
+    precision = train_fns.Precision.from_config(config['amp'], device)
+
+    # Resume or fine-tune:
+    if config['resume']:
+        saved = utils.load_weights(G, D, state_dict, config['weights_root'], name,
+                                   config['load_weights'] or None, G_ema, True, G_optim, D_optim)
+        for key in ('G_scaler', 'D_scaler'):
+            if saved.get(key) and getattr(precision, key) is not None:
+                getattr(precision, key).load_state_dict(saved[key])
+    elif config['load_weights']:
+        load_for_finetuning(G, D, G_ema, config['load_weights'])
+
+    # Wrap for parallelism:
+    G_ddp = D_ddp = None
+    if world_size > 1:
+        if config['cross_replica']:
+            import layers
+            layers.use_sync_batchnorm(G)
+        ids = [device.index] if device.type == 'cuda' else None
+        G_ddp = nn.parallel.DistributedDataParallel(G, device_ids=ids)
+        D_ddp = nn.parallel.DistributedDataParallel(D, device_ids=ids)
+        GD = G_D(G_ddp, D_ddp)
+    else:
+        GD = G_D(G, D)
+        if config['parallel'] and torch.cuda.device_count() > 1:
+            GD = nn.DataParallel(GD)
+    if config['compile']:
+        GD = torch.compile(GD)
+
+    # Logging (rank 0 only):
+    is_main = rank == 0
+    if is_main:
+        utils.save_config(config, os.path.join(config['weights_root'], name, 'config.json'))
+        test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
+                                       reinitialize=not config['resume'])
+        train_log = utils.MyLogger(os.path.join(config['logs_root'], name),
+                                   reinitialize=not config['resume'],
+                                   logstyle=config['logstyle'])
+        if config['resume']:  # drop what a killed run logged after its last checkpoint
+            test_log.truncate_after(state_dict['itr'])
+            train_log.truncate_after(state_dict['itr'])
+
+    # Data:
+    D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+    loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
+                                          'start_itr': state_dict['itr'], 'rank': rank,
+                                          'world_size': world_size})[0]
+
+    # Training function, fixed samples, metrics:
+    latents = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
+                            config['z_var'])
+    fixed = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
+                          config['z_var'])
+    fixed_z, fixed_y = (t.clone() for t in fixed.sample_())
+    train = train_fns.GAN_training_function(G, D, GD, G_optim, D_optim, latents, ema,
+                                            state_dict, config, precision, G_ddp, D_ddp)
+    get_inception_metrics = None
+    if config['test_every'] > 0 and is_main:
+        import inception_utils
+        get_inception_metrics = inception_utils.prepare_inception_metrics(
+            config['moments_path'], config['inception'], config['inception_weights'] or None,
+            device=device, no_fid=config['no_fid'])
+    optims = (G_optim, D_optim)
+
+    def extra_state() -> dict:
+        extra = {'rng': utils.rng_state()}
+        for key in ('G_scaler', 'D_scaler'):
+            if getattr(precision, key) is not None:
+                extra[key] = getattr(precision, key).state_dict()
+        return extra
+
+    def sample():
+        which_G = train_fns.sampling_G(G, G_ema, config)
+        with torch.no_grad():
+            z, y = latents.sample_()
+            return which_G(z, which_G.shared(y)), y
+
+    def eval_mode(on: bool) -> None:
+        if config['G_eval_mode']:
+            for net in (G, G_ema):
+                if net is not None:
+                    net.train(not on)
+
+    # Train:
+    stop = install_stop_handlers()
+    last_save = 'none yet'
+    if config['resume'] and 'rng' in saved:
+        utils.set_rng_state(saved['rng'])
+        last_save = os.path.join(config['weights_root'], name)
+    multiepoch = config['use_multiepoch_sampler']
+    itrs_per_epoch = max(len(loader.dataset) // (D_batch_size * world_size), 1)
+    while state_dict['epoch'] < config['num_epochs']:
+        if hasattr(loader.sampler, 'set_epoch'):
+            loader.sampler.set_epoch(state_dict['epoch'])
+        bar = tqdm(loader, disable=not is_main, desc=f"epoch {state_dict['epoch']}",
+                   dynamic_ncols=True, file=sys.stdout)
+        for x, y in bar:
+            state_dict['itr'] += 1
+            itr = state_dict['itr']
+            utils.seed_itr(config['seed'], rank, itr)  # randomness per iteration: exact resume
+            G.train(), D.train()
+            if G_ema is not None:
+                G_ema.train()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config['unconditional']:
+                y = torch.zeros_like(y)
+            if config['channels_last']:
+                x = x.contiguous(memory_format=torch.channels_last)
+            losses = train(x, y)
+
+            if itr % config['log_every'] == 0 or itr == 1:
+                values = {k: float(v) for k, v in losses.items()}  # the only host sync
+                train_fns.check_finite(values, itr, last_save)
+                if is_main:
+                    train_log.log(itr, **values)
+                    bar.set_postfix({k: f'{v:+.3f}' for k, v in values.items()}, refresh=False)
+            if is_main and config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
+                svs = {**(utils.get_SVs(G, 'G') if config['log_G_spectra'] else {}),
+                       **(utils.get_SVs(D, 'D') if config['log_D_spectra'] else {})}
+                if svs:
+                    train_log.log(itr, **svs)
+            if multiepoch:
+                state_dict['epoch'] = itr // itrs_per_epoch
+            stopping = stop['signal'] is not None
+            saving = config['save_every'] > 0 and (itr % config['save_every'] == 0 or stopping)
+            if saving and is_main:
+                eval_mode(True)
+                train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict,
+                                          config, name, optims, extra_state())
+                last_save = os.path.join(config['weights_root'], name)
+                eval_mode(False)
+            if config['test_every'] > 0 and itr % config['test_every'] == 0 and is_main:
+                eval_mode(True)
+                record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
+                                        get_inception_metrics, name, test_log, optims,
+                                        extra_state())
+                bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}"
+                          f", FID {record['FID']}")
+                eval_mode(False)
+            if stopping:
+                bar.write(f"signal {stop['signal']}: saved at iteration {itr}, exiting")
+                return state_dict
+        if multiepoch:  # one pass of the multi-epoch sampler covers every epoch
+            break
+        state_dict['epoch'] += 1
+    if is_main and config['save_every'] > 0 and state_dict['itr'] % config['save_every']:
+        eval_mode(True)
+        train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict, config,
+                                  name, optims, extra_state())
+    if world_size > 1:
+        dist.destroy_process_group()
+    return state_dict
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    """Parse the flags and train."""
+    config = vars(utils.prepare_parser().parse_args(argv))
+    return run(config)
+
+
+if __name__ == '__main__':
+    main()
