@@ -1,0 +1,225 @@
+"""Tests for scripts/ (2019 launchers parse with our flags, same values) and logs/plot_logs.py."""
+import importlib.util
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import utils
+from conftest import ROOT
+
+SCRIPTS = ROOT / 'scripts'
+LAUNCHERS = sorted(SCRIPTS.glob('launch_*.sh'))
+RUN_SCRIPTS = LAUNCHERS + sorted(SCRIPTS.glob('sample_*.sh'))
+
+
+def script_commands(path: Path) -> list[list[str]]:
+    """The python commands of a bash script as token lists, continuations joined, "$@" dropped."""
+    text = re.sub(r'\\\n', ' ', path.read_text())
+    commands = []
+    for line in text.splitlines():
+        tokens = shlex.split(line, comments=True)
+        if tokens and tokens[0] in ('python', 'python3'):
+            commands.append([t for t in tokens[1:] if t != '$@'])
+    return commands
+
+
+def script_args(path: Path) -> tuple[str, list[str]]:
+    """The Python script a launcher runs (train.py / sample.py) and the flags it passes."""
+    commands = script_commands(path)
+    assert len(commands) == 1, f'{path.name}: expected one python command, got {commands}'
+    return commands[0][0], commands[0][1:]
+
+
+def parse_script(path: Path) -> dict:
+    """The config a launcher's flags resolve to with our parsers (fails on unknown flags)."""
+    entry, argv = script_args(path)
+    assert entry in ('train.py', 'sample.py'), f'{path.name} runs {entry}'
+    parser = utils.prepare_parser()
+    if entry == 'sample.py':
+        parser = utils.add_sample_parser(parser)
+    try:
+        return vars(parser.parse_args(argv))
+    except SystemExit:
+        pytest.fail(f'{path.name}: its flags do not parse: {" ".join(argv)}')
+
+
+def diff(a: dict, b: dict) -> set[str]:
+    """Config keys whose values differ."""
+    return {k for k in a if a[k] != b[k]}
+
+
+def test_launchers_present():
+    """Every 2019 launcher of SPEC §11 is in scripts/."""
+    names = {p.name for p in LAUNCHERS}
+    assert names >= {'launch_BigGAN_bs256x8.sh', 'launch_BigGAN_bs512x4.sh',
+                     'launch_BigGAN_ch64_bs256x8.sh', 'launch_BigGAN_deep.sh',
+                     'launch_SAGAN_bs128x2_ema.sh', 'launch_SNGAN.sh', 'launch_cifar_ema.sh'}
+
+
+@pytest.mark.parametrize('path', RUN_SCRIPTS + [SCRIPTS / 'utils' / 'prepare_data.sh'],
+                         ids=lambda p: p.name)
+def test_script_shape(path):
+    """Bash, set -e, runs from the repo root, forwards "$@", executable, says how to use DDP."""
+    text = path.read_text()
+    assert text.startswith('#!/bin/bash\n')
+    assert '\nset -e\n' in text
+    up = '/../..' if path.parent.name == 'utils' else '/..'
+    assert f'cd "$(dirname "$0"){up}"' in text
+    assert text.rstrip().endswith('"$@"')
+    assert os.access(path, os.X_OK), f'{path.name} is not executable'
+    if path.parent == SCRIPTS:
+        assert 'torchrun --nproc_per_node=N' in text
+
+
+@pytest.mark.parametrize('path', RUN_SCRIPTS, ids=lambda p: p.name)
+def test_script_flags_parse(path):
+    """Each launcher's flags parse (+ add_sample_parser for sample.py) and every one took effect."""
+    config = parse_script(path)
+    flags = {f.name: f for f in utils.FLAGS + utils.SAMPLE_FLAGS}
+    argv = script_args(path)[1]
+    for i, token in enumerate(argv):
+        if not token.startswith('--'):
+            continue
+        flag = flags[token[2:]]
+        if flag.type == utils.SWITCH:
+            expected = True
+        elif flag.type == 'off':
+            expected = False
+        else:
+            expected = flag.type(argv[i + 1])
+        assert config[flag.key] == expected, f'{path.name}: {token}'
+
+
+def test_bs256x8_values():
+    """The main 2019 run keeps its hyperparameters."""
+    c = parse_script(SCRIPTS / 'launch_BigGAN_bs256x8.sh')
+    expected = dict(dataset='I128_hdf5', batch_size=256, num_G_accumulations=8,
+                    num_D_accumulations=8, num_D_steps=1, G_lr=1e-4, D_lr=4e-4, G_B2=0.999,
+                    D_B2=0.999, adam_eps=1e-6, SN_eps=1e-6, BN_eps=1e-5, dim_z=120,
+                    shared_dim=128, G_ch=96, D_ch=96, G_attn='64', D_attn='64', ema=True,
+                    use_ema=True, ema_start=20000, G_nl='inplace_relu', D_nl='inplace_relu',
+                    G_init='ortho', D_init='ortho', G_shared=True, hier=True, load_in_mem=True,
+                    G_eval_mode=True, parallel=True, use_multiepoch_sampler=True,
+                    test_every=2000, save_every=1000, num_best_copies=5, num_save_copies=2)
+    assert {k: c[k] for k in expected} == expected
+
+
+def test_variants_differ_only_where_spec_says():
+    """bs512x4, ch64 and deep are the bs256x8 set with exactly SPEC §11's changes."""
+    base = parse_script(SCRIPTS / 'launch_BigGAN_bs256x8.sh')
+    bs512 = parse_script(SCRIPTS / 'launch_BigGAN_bs512x4.sh')
+    assert diff(base, bs512) == {'batch_size', 'num_G_accumulations', 'num_D_accumulations'}
+    assert (bs512['batch_size'], bs512['num_G_accumulations'],
+            bs512['num_D_accumulations']) == (512, 4, 4)
+    ch64 = parse_script(SCRIPTS / 'launch_BigGAN_ch64_bs256x8.sh')
+    assert diff(base, ch64) == {'G_ch', 'D_ch'}
+    assert (ch64['G_ch'], ch64['D_ch']) == (64, 64)  # the 2019 typo (no --D_ch) is fixed
+    deep = parse_script(SCRIPTS / 'launch_BigGAN_deep.sh')
+    assert diff(base, deep) == {'model', 'load_in_mem', 'G_ch', 'D_ch', 'G_depth', 'D_depth',
+                                'dim_z', 'save_every'}
+    assert (deep['model'], deep['load_in_mem'], deep['G_ch'], deep['G_depth'], deep['D_depth'],
+            deep['dim_z'], deep['save_every']) == ('BigGANdeep', False, 128, 2, 2, 128, 500)
+
+
+def test_baseline_values():
+    """SA-GAN, SN-GAN and CIFAR launchers keep their 2019 hyperparameters."""
+    sagan = parse_script(SCRIPTS / 'launch_SAGAN_bs128x2_ema.sh')
+    assert (sagan['batch_size'], sagan['num_G_accumulations'], sagan['G_init'], sagan['G_nl'],
+            sagan['ema_start'], sagan['SN_eps'], sagan['name_suffix'], sagan['G_shared']) == \
+        (128, 2, 'xavier', 'relu', 2000, 1e-8, 'SAGAN_ema', False)
+    sngan = parse_script(SCRIPTS / 'launch_SNGAN.sh')
+    assert sngan['D_wide'] is False  # --D_thin
+    assert (sngan['num_D_steps'], sngan['G_B2'], sngan['D_B2'], sngan['G_lr'], sngan['G_attn'],
+            sngan['ema'], sngan['name_suffix']) == (5, 0.9, 0.9, 2e-4, '0', False, 'SNGAN')
+    cifar = parse_script(SCRIPTS / 'launch_cifar_ema.sh')
+    assert (cifar['dataset'], cifar['num_epochs'], cifar['batch_size'], cifar['num_D_steps'],
+            cifar['G_init'], cifar['D_init'], cifar['ema_start'], cifar['test_every']) == \
+        ('C10', 500, 50, 4, 'N02', 'N02', 1000, 5000)
+
+
+def test_prepare_data_flags():
+    """prepare_data.sh packs I128 then computes its moments, with SPEC §11's flags."""
+    commands = script_commands(SCRIPTS / 'utils' / 'prepare_data.sh')
+    assert commands == [
+        ['make_hdf5.py', '--dataset', 'I128', '--batch_size', '256', '--data_root', 'data'],
+        ['calculate_inception_moments.py', '--dataset', 'I128_hdf5', '--data_root', 'data']]
+
+
+# ----------------------------------------------------------------------------------------
+# logs/plot_logs.py
+# ----------------------------------------------------------------------------------------
+
+def _load_plot_logs():
+    """Import logs/plot_logs.py by path (logs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location('plot_logs', ROOT / 'logs' / 'plot_logs.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plot_logs = _load_plot_logs()
+
+
+def _write_logs(root: Path, exp: str) -> None:
+    """Synthetic logs in the layout train.py writes."""
+    run = root / exp
+    run.mkdir(parents=True)
+    for name, offset in (('G_loss', 1.0), ('D_loss_real', 0.5), ('D_loss_fake', 0.4)):
+        (run / f'{name}.log').write_text(
+            ''.join(f'{i}: {offset + 0.1 * (i % 7):3.3e}\n' for i in range(1, 201)))
+    for layer in ('blocks_0_0_conv1_sv0', 'linear_sv0'):
+        for net in ('G', 'D'):
+            (run / f'{net}_{layer}.log').write_text(
+                ''.join(f'{i}: {1 + i / 100:3.3e}\n' for i in range(10, 201, 10)))
+    records = [dict(itr=50, IS_mean=2.0, IS_std=0.1, FID=None, _stamp=0.0),
+               dict(itr=100, IS_mean=3.0, IS_std=0.2, FID=80.0, _stamp=1.0),
+               dict(itr=150, IS_mean=3.5, IS_std=0.1, FID=70.0, _stamp=2.0)]
+    (root / f'{exp}_log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+
+
+def test_moving_average():
+    """Trailing mean over n points, shorter windows at the start."""
+    out = plot_logs.moving_average(plot_logs.np.array([1.0, 3.0, 5.0, 7.0]), 2)
+    assert out.tolist() == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_plot_logs_writes_pngs(tmp_path, capsys, monkeypatch):
+    """Losses, IS/FID and both SV plots are written as non-empty PNGs and printed."""
+    _write_logs(tmp_path / 'logs', 'exp')
+    out = tmp_path / 'plots'
+    monkeypatch.setattr('sys.argv', ['plot_logs.py', '--logs_root', str(tmp_path / 'logs'),
+                                     '--experiment_name', 'exp', '--out', str(out),
+                                     '--smooth', '5'])
+    plot_logs.main()
+    printed = capsys.readouterr().out.split()
+    names = ('losses.png', 'IS_FID.png', 'G_SVs.png', 'D_SVs.png')
+    assert printed == [str(out / n) for n in names]
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(b'\x89PNG') and len(data) > 1000
+
+
+def test_plot_logs_skips_absent(tmp_path, capsys):
+    """A run with only a metrics log gets the IS/FID plot and a note for each other plot."""
+    (tmp_path / 'exp_log.jsonl').write_text(json.dumps(dict(itr=10, IS_mean=1.5, IS_std=0.1,
+                                                            FID=None)) + '\n')
+    paths = plot_logs.plot_run(str(tmp_path), 'exp', str(tmp_path / 'out'))
+    assert [os.path.basename(p) for p in paths] == ['IS_FID.png']
+    notes = capsys.readouterr().out
+    assert 'skipped losses' in notes and 'skipped G singular values' in notes
+
+
+def test_plot_logs_missing_experiment(tmp_path, capsys, monkeypatch):
+    """No logs at all: a clear error naming the experiment and exit status 1."""
+    with pytest.raises(FileNotFoundError, match="no logs for experiment 'nope'"):
+        plot_logs.plot_run(str(tmp_path), 'nope')
+    monkeypatch.setattr('sys.argv', ['plot_logs.py', '--logs_root', str(tmp_path),
+                                     '--experiment_name', 'nope'])
+    with pytest.raises(SystemExit) as exc:
+        plot_logs.main()
+    assert exc.value.code == 1
+    assert "no logs for experiment 'nope'" in capsys.readouterr().err
