@@ -200,7 +200,14 @@ def save_and_sample(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module],
                            f"copy{state_dict['save_num']}", ema_net, *optims, extra=extra)
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
 
-    which_G = sampling_G(G, G_ema, config)
+    with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
+        _write_samples(which_G, latents, fixed_z, fixed_y, state_dict, config, experiment_name)
+
+
+def _write_samples(which_G: nn.Module, latents: utils.Latents, fixed_z: torch.Tensor,
+                   fixed_y: torch.Tensor, state_dict: dict, config: dict,
+                   experiment_name: str) -> None:
+    """The fixed-z grid, class sheets and interpolation sheets of one save."""
     if config['accumulate_stats']:
         utils.accumulate_standing_stats(which_G, latents, config['num_standing_accumulations'])
     root = os.path.join(config['samples_root'], experiment_name)
@@ -228,11 +235,12 @@ def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.
          experiment_name: str, test_log: utils.MetricsLogger, optims: tuple,
          extra: Optional[dict] = None) -> dict:
     """IS/FID of the sampling G; keep the `num_best_copies` best checkpoints; log to jsonl."""
-    if config['accumulate_stats']:
-        utils.accumulate_standing_stats(sampling_G(G, G_ema, config), latents,
-                                        config['num_standing_accumulations'])
-    IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                 num_splits=10, prints=False)
+    with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
+        if config['accumulate_stats']:
+            utils.accumulate_standing_stats(which_G, latents,
+                                            config['num_standing_accumulations'])
+        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
+                                                     num_splits=10, prints=False)
     FID = None if FID is None else float(FID)  # None with --no_fid
     improved = (IS_mean > state_dict['best_IS'] if config['which_best'] == 'IS'
                 else FID is not None and FID < state_dict['best_FID'])

@@ -7,6 +7,7 @@ launch scripts parse unchanged. Each flag is defined once, in FLAGS / SAMPLE_FLA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -571,6 +572,22 @@ def truncated_normal(shape: tuple, truncation: float, device: Union[str, torch.d
         z[outside] = torch.randn(int(outside.sum()), device=device, generator=generator)
         outside = z.abs() > truncation
     return z
+
+
+@contextlib.contextmanager
+def preserved_buffers(net: nn.Module):
+    """Restore every buffer (SN vectors, BN stats) on exit: sampling leaves training intact.
+
+    Sampling in train mode, or with standing stats, rewrites G's buffers; a checkpoint saved
+    before it would then not hold the state training continues from (no exact resume).
+    """
+    saved = [b.detach().clone() for b in net.buffers()]
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for b, s in zip(net.buffers(), saved):
+                b.copy_(s)
 
 
 def accumulate_standing_stats(G: nn.Module, latents: Latents, num_accumulations: int = 16

@@ -1,0 +1,194 @@
+"""End-to-end tests of train.py: config, saving, exact resume, 2019 run folders, failures."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import train
+import utils
+from conftest import ROOT, shared_file
+
+TINY_FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
+              '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4',
+              '--num_D_steps', '1', '--num_workers', '0', '--test_every', '0', '--ema',
+              '--use_ema', '--shuffle', '--log_every', '1', '--logstyle', '%.10e',
+              '--G_lr', '2e-4', '--D_lr', '2e-4']
+
+
+def write_hdf5(path: Path, n: int = 16, n_classes: int = 3, resolution: int = 32) -> Path:
+    """A tiny packed dataset in make_hdf5.py's layout."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', data=rng.integers(0, 256, (n, 3, resolution, resolution),
+                                                   dtype=np.uint8))
+        f.create_dataset('labels', data=np.arange(n, dtype=np.int64) % n_classes)
+        f.attrs['n_classes'] = n_classes
+        f.attrs['resolution'] = resolution
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    return write_hdf5(tmp_path / 'tiny.hdf5')
+
+
+def run_flags(tmp_path, data_file, *extra):
+    return ['--dataset', str(data_file), '--base_root', str(tmp_path / 'run'),
+            '--experiment_name', 'tiny', *TINY_FLAGS, *extra]
+
+
+def test_base_root_layout_config_json_and_final_save(tmp_path, data_file):
+    state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--save_every', '3'))
+    assert state['itr'] == 8 and state['epoch'] == 2  # 16 images / batch 4, two epochs
+    run = tmp_path / 'run'
+    weights = run / 'weights' / 'tiny'
+    for name in ('G', 'D', 'G_ema', 'G_optim', 'D_optim', 'state_dict', 'G_copy0', 'G_copy1'):
+        assert (weights / f'{name}.pth').is_file(), name
+    saved = utils.load_file(str(weights / 'state_dict.pth'))
+    assert saved['itr'] == 8  # the end of training saves too
+    config = json.loads((weights / 'config.json').read_text())
+    assert config['n_classes'] == 3 and config['resolution'] == 32
+    assert (run / 'samples' / 'tiny' / 'fixed_samples6.jpg').is_file()
+    assert (run / 'samples' / 'tiny' / '6' / 'samples0.jpg').is_file()
+    assert (run / 'samples' / 'tiny' / '6' / 'interpZY0.jpg').is_file()
+    losses = (run / 'logs' / 'tiny' / 'G_loss.log').read_text().splitlines()
+    assert [int(line.split(':')[0]) for line in losses] == list(range(1, 9))
+    assert not list(weights.glob('*.tmp*'))
+
+
+def test_save_every_zero_saves_nothing(tmp_path, data_file):
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '0'))
+    assert not (tmp_path / 'run' / 'weights' / 'tiny' / 'G.pth').exists()
+
+
+def test_testing_without_moments_fails_at_startup(tmp_path, data_file):
+    flags = run_flags(tmp_path, data_file, '--num_epochs', '1')
+    flags[flags.index('--test_every') + 1] = '10'
+    with pytest.raises((FileNotFoundError, RuntimeError), match='(moments|weights)'):
+        train.main(flags)
+    assert not (tmp_path / 'run' / 'weights' / 'tiny' / 'G.pth').exists()
+
+
+def test_unknown_flags_are_errors():
+    with pytest.raises(SystemExit):
+        utils.prepare_parser().parse_args(['--G_chh', '4'])
+
+
+def test_experiment_name_matches_2019():
+    config = vars(utils.prepare_parser().parse_args(
+        '--dataset I128_hdf5 --batch_size 256 --num_G_accumulations 8 --num_D_accumulations 8 '
+        '--num_D_steps 1 --G_lr 1e-4 --D_lr 4e-4 --G_nl inplace_relu --D_nl inplace_relu '
+        '--G_shared --hier --ema --G_ch 96 --D_ch 96'.split()))
+    assert utils.name_from_config(config) == (
+        'BigGAN_I128_hdf5_seed0_Gch96_Dch96_bs256_nDa8_nGa8_Glr1.0e-04_Dlr4.0e-04_'
+        'Gnlinplace_relu_Dnlinplace_relu_Ginitortho_Dinitortho_Gattn64_Dattn64_Gshared_hier_ema')
+    assert utils.hashname('x') == utils.hashname('x') and utils.hashname('x').count('_') == 2
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = str(tmp_path / 'G.pth')
+    utils.atomic_save({'w': torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b'half a checkpoint')
+        raise KeyboardInterrupt('killed mid-save')
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_save({'w': torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, 'save', real_save)
+    assert torch.equal(utils.load_file(path)['w'], torch.ones(3))
+
+
+def _loss_lines(run_dir: Path) -> list[str]:
+    return (run_dir / 'logs' / 'tiny' / 'G_loss.log').read_text().splitlines()
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, data_file):
+    """Killed with SIGKILL mid-training, --resume continues to the same losses and weights."""
+    flags = ['--num_epochs', '6', '--save_every', '3', '--use_multiepoch_sampler']
+    straight = tmp_path / 'straight'
+    train.main(run_flags(straight, data_file, *flags))
+
+    killed = tmp_path / 'killed'
+    cmd = [sys.executable, str(ROOT / 'train.py'), *run_flags(killed, data_file, *flags)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state_file = killed / 'run' / 'weights' / 'tiny' / 'state_dict.pth'
+    deadline = time.time() + 120
+    while not state_file.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    resumed_from = utils.load_file(str(state_file))['itr']
+    assert 0 < resumed_from < 24
+
+    train.main(run_flags(killed, data_file, *flags, '--resume'))
+    assert _loss_lines(killed / 'run') == _loss_lines(straight / 'run')
+    for name in ('G', 'D', 'G_ema'):
+        a = utils.load_file(str(straight / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        b = utils.load_file(str(killed / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_sigterm_saves_before_exit(tmp_path, data_file):
+    cmd = [sys.executable, str(ROOT / 'train.py'),
+           *run_flags(tmp_path, data_file, '--num_epochs', '1000', '--save_every', '100000')]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / 'run' / 'logs' / 'tiny' / 'G_loss.log'
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    saved = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'state_dict.pth'))
+    assert saved['itr'] >= 2
+
+
+def test_finetune_with_a_different_class_count(tmp_path, data_file):
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '4'))
+    source = tmp_path / 'run' / 'weights' / 'tiny'
+    five = write_hdf5(tmp_path / 'five.hdf5', n_classes=5)
+    flags = run_flags(tmp_path / 'ft', five, '--num_epochs', '1', '--save_every', '0',
+                      '--load_weights', str(source))
+    flags += ['--G_lr', '0', '--D_lr', '0']
+    state = train.main(flags)
+    assert state['itr'] == 4
+    # With lr 0 nothing moves: every tensor but the class embeddings equals the source's.
+    # (Checked through a save of the fine-tuned run.)
+    train.main(flags[:-4] + ['--save_every', '4', '--G_lr', '0', '--D_lr', '0',
+                             '--experiment_name', 'ft2'])
+    ft = utils.load_file(str(tmp_path / 'ft' / 'run' / 'weights' / 'ft2' / 'D.pth'))
+    src = utils.load_file(str(source / 'D.pth'))
+    assert ft['embed.weight'].shape == (5, 16) and src['embed.weight'].shape == (3, 16)
+    torch.testing.assert_close(ft['blocks.0.0.conv1.weight'], src['blocks.0.0.conv1.weight'])
+
+
+def test_2019_run_folder_resumes_with_its_optimizer_state(tmp_path):
+    """The real 2019 run folder (itr 3) continues at iteration 4 with its Adam moments."""
+    folder = shared_file('fixtures/run2019/weights/run2019')
+    base = tmp_path / 'run2019'
+    shutil.copytree(folder, base / 'weights' / 'run2019')
+    data = write_hdf5(tmp_path / 'c10like.hdf5', n=8, n_classes=10)
+    old_optim = utils.load_file(str(folder / 'G_optim.pth'))
+    flags = ('--dataset {} --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 --G_shared --shared_dim 16 '
+             '--hier --dim_z 20 --ema --use_ema --ema_start 1 --batch_size 4 --num_D_steps 1 '
+             '--seed 0 --G_init N02 --D_init N02 --experiment_name run2019 --base_root {} '
+             '--resume --num_epochs 1 --num_workers 0 --test_every 0 --save_every 1'
+             ).format(data, base).split()
+    state = train.main(flags)
+    assert state['itr'] == 5  # 3 from 2019, then one epoch of 2 iterations
+    new_optim = utils.load_file(str(base / 'weights' / 'run2019' / 'G_optim.pth'))
+    assert new_optim['state'][0]['step'] == old_optim['state'][0]['step'] + 2
+    assert len(new_optim['state']) == len(old_optim['state'])
