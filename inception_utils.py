@@ -1,0 +1,472 @@
+"""Inception metrics: the Inception networks, fast and exact FID, Inception Score, moments.
+
+Two networks, both giving (pool [B, 2048], logits) from one forward of images in [-1, 1]:
+- 'torchvision': torchvision's ImageNet Inception-v3, the 2019 release's default; its
+  numbers are "for monitoring" only.
+- 'tf': the TensorFlow FID Inception (2015-12-05 weights) as ported by `pytorch_fid`; with
+  its 1008-way logits for IS, numbers are comparable to the TF code papers reported.
+Weights come from a local file, else the torch hub cache, else a download; nothing falls
+back to random weights.
+
+FID takes tr sqrtm(S1 S2) from the eigenvalues of a symmetric PSD matrix similar to S1 S2,
+in float64: as exact as scipy's `sqrtm` reference, finite on rank-deficient covariances and
+20x+ faster (see bench_fid.py). Statistics of N images stream in constant memory.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from pytorch_fid.inception import (
+    FID_WEIGHTS_URL,
+    FIDInceptionA,
+    FIDInceptionC,
+    FIDInceptionE_1,
+    FIDInceptionE_2,
+)
+
+INCEPTIONS = ('torchvision', 'tf')
+WEIGHTS_URLS = {'torchvision': torchvision.models.Inception_V3_Weights.IMAGENET1K_V1.url,
+                'tf': FID_WEIGHTS_URL}
+POOL_DIM = 2048
+
+Array = Union[np.ndarray, torch.Tensor]
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _check_kind(inception: str) -> None:
+    if inception not in INCEPTIONS:
+        raise ValueError(f'unknown Inception network {inception!r}: use one of {INCEPTIONS}')
+
+
+def hub_weights_path(inception: str) -> Path:
+    """Where the torch hub cache keeps this network's weights file."""
+    _check_kind(inception)
+    name = os.path.basename(WEIGHTS_URLS[inception])
+    return Path(torch.hub.get_dir()) / 'checkpoints' / name
+
+
+def resolve_inception_weights(inception: str = 'torchvision',
+                              inception_weights: Optional[PathLike] = None,
+                              download: bool = True) -> Path:
+    """The weights file to load: the given one, else the hub cache, else downloaded into it.
+
+    Raises FileNotFoundError saying which file to put where when none can be had.
+    """
+    if inception_weights:
+        path = Path(inception_weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f'--inception_weights {path} does not exist')
+        return path
+    cached = hub_weights_path(inception)
+    if cached.is_file():
+        return cached
+    url = WEIGHTS_URLS[inception]
+    if download:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached))
+            return cached
+        except Exception as err:  # offline, proxy, disk: all end in the same advice
+            reason = f'downloading {url} failed ({type(err).__name__}: {err})'
+    else:
+        reason = 'downloads are off'
+    raise FileNotFoundError(
+        f'no weights for the {inception!r} Inception network: {reason}. Get the file {url} '
+        f'on a machine that is online and either put it at {cached} (the torch hub cache) or '
+        f'pass --inception_weights /path/to/{cached.name}')
+
+
+# ----------------------------------------------------------------------------- networks
+
+def _inception_v3(inception: str) -> torchvision.models.Inception3:
+    """The bare architecture (no weights); init skipped since weights are loaded next."""
+    if inception == 'torchvision':
+        return torchvision.models.inception_v3(weights=None, aux_logits=True,
+                                               init_weights=False)
+    # pytorch_fid.inception.fid_inception_v3() downloads on construction, so patch the
+    # blocks here the way it does: TF's pooling differs from torchvision's in these.
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
+                                          init_weights=False)
+    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = FIDInceptionE_1(1280)
+    net.Mixed_7c = FIDInceptionE_2(2048)
+    return net
+
+
+# Inception3's layers from the image to the 2048-d average pool, in order.
+TRUNK = ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'maxpool1', 'Conv2d_3b_1x1',
+         'Conv2d_4a_3x3', 'maxpool2', 'Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
+         'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c',
+         'avgpool')
+
+
+class InceptionNet(nn.Module):
+    """Images in [-1, 1] [B, 3, H, W] -> (pool [B, 2048], logits [B, 1000 or 1008])."""
+
+    def __init__(self, net: torchvision.models.Inception3, inception: str):
+        super().__init__()
+        _check_kind(inception)
+        self.net, self.inception = net, inception
+        self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pool features, logits) of a batch of images in [-1, 1]."""
+        x = x.float()
+        if self.inception == 'torchvision':
+            # As the 2019 release: ImageNet normalisation, corner-aligned bilinear resize.
+            x = ((x + 1) / 2 - self.mean) / self.std
+            if x.shape[-2:] != (299, 299):
+                x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=True)
+        elif x.shape[-2:] != (299, 299):
+            # As pytorch_fid; the TF network takes [-1, 1] as it is.
+            x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+        for name in TRUNK:
+            x = getattr(self.net, name)(x)
+        pool = torch.flatten(x, 1)  # [B, 2048]
+        if self.inception == 'torchvision':
+            return pool, self.net.fc(pool)
+        # The TF IS code (openai/improved-gan, the 2019 inception_tf13.py) multiplies pool_3
+        # by the softmax layer's weight without its bias; do the same for comparable IS.
+        return pool, F.linear(pool, self.net.fc.weight)
+
+
+def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision',
+                       inception_weights: Optional[PathLike] = None,
+                       device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """The Inception network with its weights, in eval mode on `device` (default: cuda if any).
+
+    `parallel` wraps it in DataParallel (the 2019 signature's only argument).
+    """
+    _check_kind(inception)
+    path = resolve_inception_weights(inception, inception_weights)
+    net = _inception_v3(inception)
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    state = state.get('state_dict', state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise RuntimeError(f'{path} is not a state dict of the {inception!r} Inception-v3 '
+                           f'(its keys or shapes differ): {err}') from None
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model = InceptionNet(net, inception).eval().requires_grad_(False).to(device)
+    if parallel and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(model)
+    return model
+
+
+# ----------------------------------------------------------------------------- statistics
+
+class MomentsAccumulator:
+    """Streaming mean and covariance (ddof 1, as np.cov) of features, in float64.
+
+    Keeps the sum and the sum of outer products of features minus a shift (the first batch
+    mean), which avoids the cancellation of E[xx^T] - mu mu^T on features far from 0.
+    """
+
+    def __init__(self, dim: int = POOL_DIM, device: Optional[Union[str, torch.device]] = None):
+        self.count, self.shift = 0, None
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, feats: torch.Tensor) -> None:
+        """Add a batch of features [B, dim]."""
+        x = feats.detach().to(self.sum.device, torch.float64)
+        if self.shift is None:
+            self.shift = x.mean(0)
+        x = x - self.shift
+        self.sum += x.sum(0)
+        self.outer += x.T @ x
+        self.count += x.shape[0]
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu [dim], sigma [dim, dim]) of all features added."""
+        if self.count < 2:
+            raise ValueError(f'a covariance needs at least 2 samples, got {self.count}')
+        m = self.sum / self.count
+        sigma = (self.outer - self.count * torch.outer(m, m)) / (self.count - 1)
+        return self.shift + m, (sigma + sigma.T) / 2
+
+
+class ISAccumulator:
+    """Streaming Inception Score over `num_splits` contiguous splits of `num_images` samples.
+
+    As the 2019 code, split k holds samples [k*n, (k+1)*n) with n = num_images // num_splits
+    and the remainder is left out. Per split it keeps sum_i p_i and sum_i sum_c p_ic log p_ic,
+    which give E_i[KL(p_i || p_split)] exactly.
+    """
+
+    def __init__(self, num_images: int, num_splits: int = 10):
+        if num_splits < 1 or num_images < num_splits:
+            raise ValueError(f'the Inception Score needs at least as many samples as splits: '
+                             f'got {num_images} samples for {num_splits} splits')
+        self.num_splits, self.split_size, self.seen = num_splits, num_images // num_splits, 0
+        self.p_sum, self.plogp_sum, self.counts = None, None, None
+
+    def update(self, probs: Array) -> None:
+        """Add class probabilities [B, K] (softmax of the logits) of the next B samples."""
+        p = torch.as_tensor(probs).detach().to(torch.float64)
+        if self.p_sum is None:
+            self.p_sum = p.new_zeros(self.num_splits, p.shape[1])
+            self.plogp_sum = p.new_zeros(self.num_splits)
+            self.counts = p.new_zeros(self.num_splits)
+        split = (torch.arange(p.shape[0], device=p.device) + self.seen) // self.split_size
+        self.seen += p.shape[0]
+        keep = split < self.num_splits
+        p, split = p[keep], split[keep].to(self.p_sum.device)
+        self.p_sum.index_add_(0, split, p.to(self.p_sum.device))
+        self.plogp_sum.index_add_(0, split, torch.xlogy(p, p).sum(1).to(self.p_sum.device))
+        self.counts.index_add_(0, split, torch.ones_like(split, dtype=torch.float64))
+
+    def compute(self) -> tuple[float, float]:
+        """(mean, std) over splits of exp(E[KL(p(y|x) || p(y))])."""
+        if self.counts is None or bool((self.counts == 0).any()):
+            raise ValueError(f'the Inception Score needs samples in all {self.num_splits} '
+                             f'splits; got {self.seen} samples')
+        p_mean = self.p_sum / self.counts[:, None]
+        kl = self.plogp_sum / self.counts - torch.xlogy(p_mean, p_mean).sum(1)
+        scores = torch.exp(kl).cpu().numpy()
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+def calculate_inception_score(pred: Array, num_splits: int = 10) -> tuple[float, float]:
+    """(mean, std) of the Inception Score of class probabilities pred [N, K] over splits."""
+    acc = ISAccumulator(len(pred), num_splits)
+    acc.update(pred)
+    return acc.compute()
+
+
+def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: int,
+                               num_splits: int = 10, moments: bool = True,
+                               progress: Optional[Callable[[int], None]] = None
+                               ) -> tuple[ISAccumulator, Optional[MomentsAccumulator]]:
+    """Run `net` over the first `num_images` images of `batches` (tensors or (x, y) pairs).
+
+    Returns the IS accumulator and, with `moments`, the pool-feature moments accumulator;
+    `progress(n)` is called with the number of images of each batch.
+    """
+    device = next(net.parameters()).device
+    is_acc = ISAccumulator(num_images, num_splits)
+    mom_acc = MomentsAccumulator(POOL_DIM, device) if moments else None
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = x[:num_images - seen].to(device)
+            pool, logits = net(x)
+            is_acc.update(F.softmax(logits.double(), dim=1))
+            if mom_acc is not None:
+                mom_acc.update(pool)
+            seen += x.shape[0]
+            if progress is not None:
+                progress(x.shape[0])
+            if seen >= num_images:
+                break
+    if seen < num_images:
+        raise ValueError(f'expected {num_images} images but the batches ran out at {seen}')
+    return is_acc, mom_acc
+
+
+# ----------------------------------------------------------------------------- FID
+
+def _psd_eigs_lapack(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Eigenvalues of s1 s2 for symmetric PSD float64 s1, s2, by LAPACK on the CPU.
+
+    Positive definite s1 = L L^T: sygv (type 2, A B x = lambda x) does the Cholesky, forms
+    L^T s2 L and takes its eigenvalues in one call, the fastest CPU route. The matrices go in
+    transposed: for symmetric ones that is the same matrix in LAPACK's (Fortran) order, which
+    spares two copies. Singular s1 (fewer samples than dimensions): pivoted Cholesky gives
+    s1 = R R^T with R of the numerical rank's width, and s1 s2 shares its nonzero eigenvalues
+    with the small R^T s2 R.
+    """
+    try:
+        return scipy.linalg.eigh(s2.T, s1.T, type=2, eigvals_only=True, driver='gv',
+                                 check_finite=False)
+    except np.linalg.LinAlgError:
+        pass
+    c, piv, rank, _ = scipy.linalg.lapack.dpstrf(s1.T, lower=1)
+    r = np.empty((s1.shape[0], rank))
+    r[piv - 1] = np.tril(c)[:, :rank]  # P^T s1 P = L L^T, so R = P L
+    return scipy.linalg.eigvalsh(r.T @ s2 @ r, check_finite=False)
+
+
+def _psd_eigs_torch(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of s1 s2 for symmetric PSD float64 s1, s2, by torch on their device.
+
+    s1 = R R^T makes s1 s2 similar to the symmetric PSD R^T s2 R. R is the Cholesky factor
+    when s1 is positive definite, else V sqrt(w) over the eigenpairs of s1 above rounding.
+    """
+    r, info = torch.linalg.cholesky_ex(s1)
+    if int(info) != 0:
+        w, v = torch.linalg.eigh(s1)
+        keep = w > w.abs().max() * s1.shape[0] * torch.finfo(s1.dtype).eps
+        r = v[:, keep] * w[keep].sqrt()
+    return torch.linalg.eigvalsh(r.mT @ s2 @ r)
+
+
+def trace_sqrt_product(sigma1: Array, sigma2: Array) -> float:
+    """tr sqrtm(sigma1 @ sigma2) for symmetric PSD matrices, in float64, never complex."""
+    s1 = torch.as_tensor(sigma1).to(torch.float64)
+    s2 = torch.as_tensor(sigma2).to(s1.device, torch.float64)
+    if s1.device.type == 'cpu':
+        eigs = torch.from_numpy(_psd_eigs_lapack(s1.numpy(), s2.numpy()))
+    else:
+        eigs = _psd_eigs_torch(s1, s2)
+    # Exact eigenvalues are >= 0; rounding can make the smallest slightly negative.
+    return float(eigs.clamp_min(0).sqrt().sum())
+
+
+def torch_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array,
+                                     sigma2: Array) -> float:
+    """FID = |mu1 - mu2|^2 + tr(s1 + s2 - 2 sqrtm(s1 s2)), in float64 on mu1's device.
+
+    On a GPU the eigenvalues come from torch; on the CPU from LAPACK's generalized
+    symmetric solver. The result is clamped at 0 (rounding can push 0 slightly below).
+    """
+    mu1 = torch.as_tensor(mu1).to(torch.float64)
+    mu2, s1, s2 = (torch.as_tensor(t).to(mu1.device, torch.float64)
+                   for t in (mu2, sigma1, sigma2))
+    diff = mu1 - mu2
+    fid = float(diff @ diff) + float(s1.trace() + s2.trace()) - 2 * trace_sqrt_product(s1, s2)
+    return max(fid, 0.0)
+
+
+def numpy_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array,
+                                     sigma2: Array) -> float:
+    """FID on the CPU, same method as the torch version (the 2019 name; scipy sqrtm is gone)."""
+    return torch_calculate_frechet_distance(*(torch.as_tensor(t).cpu()
+                                              for t in (mu1, sigma1, mu2, sigma2)))
+
+
+# ----------------------------------------------------------------------------- moments files
+
+def moments_file(moments_path: PathLike, inception: str = 'torchvision') -> Path:
+    """The moments file for a network: the dataset's own file, or `<stem>_tf.npz` beside it.
+
+    `moments_path` is the dataset's moments file (datasets.DatasetSpec.moments_path), which
+    holds the torchvision network's moments as in 2019; the TF network's live beside it.
+    """
+    _check_kind(inception)
+    path = Path(moments_path)
+    return path if inception == 'torchvision' else path.with_name(f'{path.stem}_tf{path.suffix}')
+
+
+def _moments_command(path: Path, inception: str) -> str:
+    """The command that writes the moments file `path`."""
+    stem = path.name.replace('_inception_moments', '').replace('_tf.npz', '.npz')
+    cmd = (f'python calculate_inception_moments.py --dataset {Path(stem).stem} '
+           f'--data_root {path.parent}')
+    return cmd + (' --inception tf' if inception == 'tf' else '')
+
+
+def save_moments(path: PathLike, mu: Array, sigma: Array, inception: str) -> None:
+    """Write mu [2048] and sigma [2048, 2048] (float64) and the network's name, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp.npz')
+    np.savez(tmp, mu=np.asarray(torch.as_tensor(mu).cpu(), np.float64),
+             sigma=np.asarray(torch.as_tensor(sigma).cpu(), np.float64),
+             inception=np.array(inception))
+    os.replace(tmp, path)
+
+
+def load_moments(path: PathLike, inception: str = 'torchvision'
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from a moments file, checking it exists and fits the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'FID moments file {path} not found; make it with: '
+                                f'{_moments_command(path, inception)} (for an image folder '
+                                f'or .hdf5 dataset, --dataset is its path)')
+    with np.load(path) as f:
+        if 'mu' not in f or 'sigma' not in f:
+            raise ValueError(f'{path} is not a moments file: it lacks mu and sigma')
+        mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
+        # Files from 2019 carry no name: they were made with the torchvision network.
+        made_with = str(f['inception']) if 'inception' in f else 'torchvision'
+    if mu.shape != (POOL_DIM,) or sigma.shape != (POOL_DIM, POOL_DIM):
+        raise ValueError(f'{path} holds moments of shape mu {mu.shape}, sigma {sigma.shape}; '
+                         f'FID needs Inception pool features: mu ({POOL_DIM},), sigma '
+                         f'({POOL_DIM}, {POOL_DIM}). Remake it with: '
+                         f'{_moments_command(path, inception)}')
+    if made_with != inception:
+        raise ValueError(f'{path} was made with the {made_with!r} Inception network, not '
+                         f'{inception!r}; remake it with: {_moments_command(path, inception)}')
+    return mu, sigma
+
+
+# ----------------------------------------------------------------------------- IS / FID of G
+
+def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision',
+                          inception_weights: Optional[PathLike] = None,
+                          no_fid: bool = False) -> None:
+    """Fail now, not at the first test hours later: weights to hand and moments usable.
+
+    `moments_path` is the dataset's moments file (see `moments_file`).
+    """
+    resolve_inception_weights(inception, inception_weights)
+    if not no_fid:
+        load_moments(moments_file(moments_path, inception), inception)
+
+
+def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvision',
+                              inception_weights: Optional[PathLike] = None,
+                              device: Optional[Union[str, torch.device]] = None,
+                              parallel: bool = False, no_fid: bool = False) -> Callable:
+    """Load the network and data moments; return get_inception_metrics (see its docstring).
+
+    `moments_path` is the dataset's moments file (datasets.DatasetSpec.moments_path); the
+    'tf' network reads `moments_file(moments_path, 'tf')`. With `no_fid` no moments are
+    read or computed and FID is returned as None.
+    """
+    data_mu = data_sigma = None
+    if not no_fid:
+        data_mu, data_sigma = load_moments(moments_file(moments_path, inception), inception)
+    net = load_inception_net(parallel, inception=inception, inception_weights=inception_weights,
+                             device=device)
+
+    def get_inception_metrics(sample: Callable, num_inception_images: int, num_splits: int = 10,
+                              prints: bool = True, use_torch: bool = True
+                              ) -> tuple[float, float, Optional[float]]:
+        """(IS mean, IS std, FID or None) of num_inception_images drawn by repeated sample().
+
+        sample() returns (images in [-1, 1] [B, 3, R, R], labels). use_torch computes FID on
+        the network's device; otherwise on the CPU (same method).
+        """
+        if prints:
+            print(f'Gathering Inception activations of {num_inception_images} samples...')
+        batches = (sample()[0] for _ in iter(int, 1))  # sample() forever; stops at N images
+        is_acc, mom_acc = accumulate_inception_stats(net, batches, num_inception_images,
+                                                     num_splits, moments=not no_fid)
+        IS_mean, IS_std = is_acc.compute()
+        if no_fid:
+            FID = None
+        else:
+            mu, sigma = mom_acc.compute()
+            fid = torch_calculate_frechet_distance if use_torch else (
+                numpy_calculate_frechet_distance)
+            FID = fid(mu, sigma, data_mu, data_sigma)
+        if prints:
+            fid_text = 'skipped (no_fid)' if FID is None else f'{FID:.5f}'
+            print(f'Inception Score {IS_mean:.5f} +/- {IS_std:.5f}, FID {fid_text}')
+        return IS_mean, IS_std, FID
+
+    return get_inception_metrics
