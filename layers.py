@@ -6,6 +6,7 @@ and the parameter order that its Adam states are keyed by.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable, Optional
 
@@ -217,7 +218,7 @@ class StoredStatsNorm(nn.Module):
     def normalize(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable or None)."""
-        if self.training and getattr(self, 'sync_bn', None) is not None:
+        if self.training and getattr(self, 'sync_enabled', False):
             out = _sync_batch_norm(self, x)
             return out if gain is None else out * gain + bias
         if not (self.training and (self.mybn or self.accumulate_standing)):
@@ -406,6 +407,20 @@ def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
             sync = nn.SyncBatchNorm(m.stored_mean.numel(), eps=m.eps, momentum=m.momentum,
                                     affine=False, process_group=process_group)
             object.__setattr__(m, 'sync_bn', sync)  # not a submodule: no extra state keys
+            m.sync_enabled = True
+
+
+@contextlib.contextmanager
+def local_batchnorm(net: nn.Module):
+    """Within the block, BN of a --cross_replica net uses this process's batch only."""
+    synced = [m for m in net.modules() if getattr(m, 'sync_bn', None) is not None]
+    for m in synced:
+        m.sync_enabled = False
+    try:
+        yield net
+    finally:
+        for m in synced:
+            m.sync_enabled = True
 
 
 def _sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:

@@ -199,7 +199,7 @@ def run(config: dict) -> dict:
 
     # Training function, fixed samples, metrics:
     latents = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
-                            config['z_var'])
+                            config['z_var'], rank, world_size)
     fixed = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
                           config['z_var'])
     fixed_z, fixed_y = (t.clone() for t in fixed.sample_())
@@ -248,7 +248,7 @@ def run(config: dict) -> dict:
         for x, y in bar:
             state_dict['itr'] += 1
             itr = state_dict['itr']
-            utils.seed_itr(config['seed'], rank, itr)  # randomness per iteration: exact resume
+            utils.seed_itr(config['seed'], itr)  # randomness per iteration: exact resume
             G.train(), D.train()
             if G_ema is not None:
                 G_ema.train()

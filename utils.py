@@ -309,9 +309,9 @@ def seed_rng(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_itr(seed: int, rank: int, itr: int) -> None:
-    """Seed torch from (seed, rank, iteration): a resumed run draws what the original drew."""
-    torch.manual_seed((seed * 1_000_003 + rank) * 100_000_007 + itr)
+def seed_itr(seed: int, itr: int) -> None:
+    """Seed torch from (seed, iteration): a resumed run draws what the original drew."""
+    torch.manual_seed(seed * 100_000_007 + itr)
 
 
 def rng_state() -> dict:
@@ -548,18 +548,25 @@ def get_SVs(net: nn.Module, prefix: str) -> dict[str, float]:
 
 
 class Latents:
-    """Preallocated z [B, dim_z] and class y [B] buffers, resampled in place."""
+    """Preallocated z [B, dim_z] and class y [B] buffers, resampled in place.
+
+    Under DDP every rank draws the whole global batch (world_size x B, from the same seed)
+    and keeps its own slice: N processes train exactly like one with the N-times batch.
+    """
 
     def __init__(self, batch_size: int, dim_z: int, n_classes: int,
-                 device: Union[str, torch.device] = 'cpu', z_var: float = 1.0):
-        self.z = torch.empty(batch_size, dim_z, device=device)
-        self.y = torch.empty(batch_size, dtype=torch.long, device=device)
+                 device: Union[str, torch.device] = 'cpu', z_var: float = 1.0, rank: int = 0,
+                 world_size: int = 1):
+        self.z_all = torch.empty(batch_size * world_size, dim_z, device=device)
+        self.y_all = torch.empty(batch_size * world_size, dtype=torch.long, device=device)
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        self.z, self.y = self.z_all[rows], self.y_all[rows]
         self.n_classes, self.z_var = n_classes, z_var
 
     def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
         """New z ~ N(0, z_var²) (2019 used z_var as the std) and uniform classes."""
-        self.z.normal_(0, self.z_var)
-        self.y.random_(0, self.n_classes)
+        self.z_all.normal_(0, self.z_var)
+        self.y_all.random_(0, self.n_classes)
         return self.z, self.y
 
 
@@ -583,7 +590,8 @@ def preserved_buffers(net: nn.Module):
     """
     saved = [b.detach().clone() for b in net.buffers()]
     try:
-        yield net
+        with layers.local_batchnorm(net):  # rank 0 samples alone: no cross-rank BN stats
+            yield net
     finally:
         with torch.no_grad():
             for b, s in zip(net.buffers(), saved):

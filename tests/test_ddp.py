@@ -1,0 +1,100 @@
+"""DDP on the CPU (gloo): 2 ranks train exactly like 1 process with the doubled batch."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from test_train import write_hdf5
+
+import train
+from conftest import ROOT
+
+HARNESS = textwrap.dedent('''
+    """Run train.main under torchrun and save this rank's final G and D."""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    import torch
+    import train
+    nets = {{}}
+    build = train.build_models
+    def capture(config, device):
+        nets['G'], nets['D'], nets['G_ema'] = build(config, device)
+        return nets['G'], nets['D'], nets['G_ema']
+    train.build_models = capture
+    train.main(sys.argv[1:])
+    torch.save({{k: v.state_dict() for k, v in nets.items()}},
+               os.path.join({out!r}, 'rank%s.pt' % os.environ['RANK']))
+''')
+
+FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
+         '--hier', '--G_attn', '0', '--D_attn', '0', '--num_D_steps', '1', '--num_workers', '0',
+         '--test_every', '0', '--save_every', '0', '--ema', '--shuffle', '--num_epochs', '1',
+         '--use_multiepoch_sampler', '--experiment_name', 'ddp',
+         # A large Adam eps makes the step ~linear in the gradient, so float noise stays small
+         # while a wrong gradient (e.g. per-rank BN statistics) moves weights visibly.
+         '--adam_eps', '1.0', '--G_lr', '1e-2', '--D_lr', '1e-2']
+
+
+def run_single(flags):
+    nets = {}
+    build = train.build_models
+
+    def capture(config, device):
+        nets['G'], nets['D'], nets['G_ema'] = build(config, device)
+        return nets['G'], nets['D'], nets['G_ema']
+    train.build_models = capture
+    try:
+        train.main(flags)
+    finally:
+        train.build_models = build
+    return {k: v.state_dict() for k, v in nets.items()}
+
+
+def run_torchrun(tmp_path, flags):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / 'harness.py'
+    script.write_text(HARNESS.format(root=str(ROOT), out=str(tmp_path)))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(script), *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
+
+
+def max_diff(a, b):
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope='module')
+def ddp_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('ddp')
+    data = write_hdf5(tmp / 'tiny.hdf5', n=16)
+    common = ['--dataset', str(data), '--base_root', str(tmp / 'base'), *FLAGS]
+    runs = {'synced': run_torchrun(tmp / 'synced', common + ['--batch_size', '2',
+                                                             '--cross_replica']),
+            'local_bn': run_torchrun(tmp / 'local', common + ['--batch_size', '2']),
+            'single': run_single(common + ['--batch_size', '4']),
+            'initial': run_single(common + ['--batch_size', '4', '--num_epochs', '0'])}
+    return runs
+
+
+def test_both_ranks_hold_the_same_weights(ddp_runs):
+    r0, r1 = ddp_runs['synced']
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(r0[net], r1[net]) == 0, net
+
+
+def test_two_ranks_equal_one_process_with_the_full_batch(ddp_runs):
+    """With --cross_replica (SyncBN semantics) 2 x batch 2 == 1 x batch 4, to float noise."""
+    r0, _ = ddp_runs['synced']
+    single, initial = ddp_runs['single'], ddp_runs['initial']
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(r0[net], single[net]) < 2e-5, net
+        assert max_diff(single[net], initial[net]) > 1e-3, net  # training really moved it
+
+
+def test_per_rank_batch_norm_differs_from_the_full_batch(ddp_runs):
+    """The control: without --cross_replica G's BN sees half batches, and G comes out different."""
+    r0, _ = ddp_runs['local_bn']
+    assert max_diff(r0['G'], ddp_runs['single']['G']) > 1e-4
