@@ -182,11 +182,11 @@ def test_2019_run_folder_resumes_with_its_optimizer_state(tmp_path):
     shutil.copytree(folder, base / 'weights' / 'run2019')
     data = write_hdf5(tmp_path / 'c10like.hdf5', n=8, n_classes=10)
     old_optim = utils.load_file(str(folder / 'G_optim.pth'))
-    flags = ('--dataset {} --G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 --G_shared --shared_dim 16 '
-             '--hier --dim_z 20 --ema --use_ema --ema_start 1 --batch_size 4 --num_D_steps 1 '
-             '--seed 0 --G_init N02 --D_init N02 --experiment_name run2019 --base_root {} '
-             '--resume --num_epochs 1 --num_workers 0 --test_every 0 --save_every 1'
-             ).format(data, base).split()
+    flags = ['--dataset', str(data), '--base_root', str(base)] + (
+        '--G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 --G_shared --shared_dim 16 --hier --dim_z 20 '
+        '--ema --use_ema --ema_start 1 --batch_size 4 --num_D_steps 1 --seed 0 --G_init N02 '
+        '--D_init N02 --experiment_name run2019 --resume --num_epochs 1 --num_workers 0 '
+        '--test_every 0 --save_every 1').split()
     state = train.main(flags)
     assert state['itr'] == 5  # 3 from 2019, then one epoch of 2 iterations
     new_optim = utils.load_file(str(base / 'weights' / 'run2019' / 'G_optim.pth'))
