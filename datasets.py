@@ -402,33 +402,38 @@ class EpochSampler(Sampler[int]):
     """One epoch per pass, epoch k in the order epoch_order(seed, k); advances each pass.
 
     With world_size > 1 every rank takes its slice of each full global batch (the short
-    global batch at the end is dropped so all ranks step together); `set_epoch` resumes.
+    global batch at the end is dropped so all ranks step together). `set_epoch(k, b)`
+    resumes at batch b of epoch k.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True):
         self.num_samples, self.batch_size, self.seed, self.shuffle = (num_samples, batch_size,
                                                                       seed, shuffle)
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass be epoch `epoch`."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next pass be epoch `epoch`, from its batch `start_batch` (for resuming)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
-    def __len__(self) -> int:
+    def _epoch_length(self) -> int:
         if self.world_size == 1:
             return self.num_samples
         return self.num_samples // (self.batch_size * self.world_size) * self.batch_size
 
+    def __len__(self) -> int:
+        return max(self._epoch_length() - self.start_batch * self.batch_size, 0)
+
     def __iter__(self) -> Iterator[int]:
         order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        skip, self.start_batch = self.start_batch * self.batch_size, 0
         self.epoch += 1
         if self.world_size == 1:
-            yield from order.tolist()
+            yield from order[skip:].tolist()
             return
-        batches = order[:len(self) * self.world_size].reshape(-1, self.world_size,
-                                                               self.batch_size)
-        yield from batches[:, self.rank].reshape(-1).tolist()
+        n = self._epoch_length()
+        batches = order[:n * self.world_size].reshape(-1, self.world_size, self.batch_size)
+        yield from batches[:, self.rank].reshape(-1)[skip:].tolist()
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -240,9 +240,12 @@ def run(config: dict) -> dict:
         last_save = os.path.join(config['weights_root'], name)
     multiepoch = config['use_multiepoch_sampler']
     itrs_per_epoch = max(len(loader.dataset) // (D_batch_size * world_size), 1)
+    # A run resumed mid-epoch continues that epoch at the batch where it stopped.
+    start_batch = 0 if multiepoch else state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
     while state_dict['epoch'] < config['num_epochs']:
-        if hasattr(loader.sampler, 'set_epoch'):
-            loader.sampler.set_epoch(state_dict['epoch'])
+        if not multiepoch:
+            loader.sampler.set_epoch(state_dict['epoch'], max(start_batch, 0))
+            start_batch = 0
         bar = tqdm(loader, disable=not is_main, desc=f"epoch {state_dict['epoch']}",
                    dynamic_ncols=True, file=sys.stdout)
         for x, y in bar:

@@ -337,3 +337,18 @@ def test_demo_is_deterministic_with_ten_distinct_classes(tmp_path):
     assert Image.open(next(big.rglob('*.png'))).size == (64, 64)
     with pytest.raises(FileExistsError):
         make_demo_folder(a)
+
+
+def test_epoch_sampler_resumes_mid_epoch():
+    """set_epoch(k, b) yields exactly the rest of epoch k after its first b batches."""
+    from datasets import EpochSampler
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            full = EpochSampler(50, 4, seed=3, rank=rank, world_size=world_size)
+            full.set_epoch(2)
+            order = list(full)
+            resumed = EpochSampler(50, 4, seed=3, rank=rank, world_size=world_size)
+            resumed.set_epoch(2, start_batch=3)
+            assert len(resumed) == len(order) - 12
+            assert list(resumed) == order[12:]
+            assert resumed.epoch == 3 and len(resumed) == len(order)  # next pass is whole
