@@ -160,13 +160,12 @@ def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision'
     _check_kind(inception)
     path = resolve_inception_weights(inception, inception_weights)
     net = _inception_v3(inception)
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    state = state.get('state_dict', state)
     try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise RuntimeError(f'{path} is not a state dict of the {inception!r} Inception-v3 '
-                           f'(its keys or shapes differ): {err}') from None
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        net.load_state_dict(state.get('state_dict', state))
+    except Exception as err:  # not a file of tensors, other keys or shapes: one message
+        raise RuntimeError(f'{path} is not a state dict of the {inception!r} Inception-v3: '
+                           f'{err}') from None
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = InceptionNet(net, inception).eval().requires_grad_(False).to(device)
     if parallel and torch.cuda.device_count() > 1:
