@@ -1,0 +1,440 @@
+"""Sample a trained BigGAN: .npz dumps, class sheets, interpolations, random grids, IS/FID.
+
+A run is found as train.py finds it (by --experiment_name, or by the training flags its name
+derives from) or given directly with --weights (a run folder, or one G*.pth file in it, e.g. a
+TFHub/converter.py folder). The config saved with the run (config.json, else state_dict.pth's
+`config`, where 2019 runs keep it) supplies the model flags; flags given on this command line
+override it, and switches saved on are turned off with --no_<flag> (e.g. --no_use_ema,
+--no_G_eval_mode). Roots (--base_root, --weights_root, ...) always come from this command line.
+
+    python sample.py --experiment_name my_run --sample_npz --sample_num_npz 10000
+    python sample.py --weights weights/my_run/G_ema_best0.pth --sample_sheets --sample_interps
+    python sample.py --weights weights/BigGAN_TFHub_128 --G_eval_mode --sample_random
+    python sample.py --experiment_name my_run --sample_trunc_curves 0.1_0.1_1.0 \\
+        --sample_inception_metrics --inception_weights pt_inception-2015-12-05.pth
+    bash scripts/sample_BigGAN_bs256x8.sh      # 2019 flags: the run's name derives from them
+
+Outputs (<exp> is the run folder's name):
+    samples/<exp>/samples.npz            x uint8 [N, R, R, 3], y int64 [N]   (--sample_npz)
+    samples/<exp>/<itr>/samples*.jpg     per-class sheets                    (--sample_sheets)
+    samples/<exp>/<itr>/interp{ZY,Z,Y}0.jpg  joint / z / class interpolations (--sample_interps)
+    samples/<exp>/random_samples.jpg     one G_batch_size grid               (--sample_random)
+    logs/<exp>_sample_metrics.jsonl      IS/FID of the model, one record appended per call
+    logs/<exp>_trunc_curves.{jsonl,png}  IS/FID per truncation t (rewritten per sweep)
+<itr> is --sample_sheet_folder_num, or the run's iteration when -1. --sample_trunc_curves
+start_step_end draws z with the paper's truncation trick (entries with |z_i| > t redrawn until
+all lie within t); every other mode draws z ~ N(0, z_var^2). The sweep runs last: with
+--accumulate_stats it re-accumulates standing stats at each t, as the 2019 script did.
+G runs under the run's --amp (bf16/fp16 autocast; --amp none for fp32), Inception never does.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+from tqdm import tqdm
+
+import datasets
+import utils
+
+# Keys that describe this invocation, not the trained model: never taken from the run.
+LOCAL_KEYS = ({'base_root', 'data_root', 'weights_root', 'logs_root', 'samples_root',
+               'experiment_name', 'load_weights', 'resume'}
+              | {f.key for f in utils.SAMPLE_FLAGS})
+MODES = ('sample_npz', 'sample_sheets', 'sample_interps', 'sample_random',
+         'sample_inception_metrics', 'sample_trunc_curves')
+
+
+class SampleError(Exception):
+    """A bad input, saying what was wrong and what to do; the CLI prints it without traceback."""
+
+
+# ----------------------------------------------------------------------------------------
+# Config: the run's saved flags, overridden by the ones given
+# ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Training flags, sampling flags, --weights, and a hidden --no_<switch> per switch."""
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    parser.description = 'Sample a trained BigGAN (see the module docstring of sample.py).'
+    parser.add_argument('--weights', default='', help='run folder or G*.pth file to load '
+                        '(instead of finding the run by --experiment_name / training flags)')
+    names = {f.name for f in utils.FLAGS + utils.SAMPLE_FLAGS}
+    for f in utils.FLAGS:
+        if f.type == utils.SWITCH and f'no_{f.name}' not in names:
+            parser.add_argument(f'--no_{f.name}', dest=f.key, action='store_false',
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_flags(argv: Optional[list[str]]) -> tuple[dict, dict]:
+    """(every flag with its default or given value, only the flags given on the command line)."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    # Parse again with no defaults at all, so only what the user typed lands in the namespace
+    # (set_defaults would not do: argparse type-converts string defaults it finds there).
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return args, vars(parser.parse_args(argv))
+
+
+def _pth(name: str, suffix: Optional[str]) -> str:
+    return f'{name}_{suffix}.pth' if suffix else f'{name}.pth'
+
+
+def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
+    """(run folder, the G*.pth file given by --weights or None)."""
+    if weights:
+        path = Path(weights).expanduser().resolve()
+        if path.is_file():
+            return path.parent, path
+        if path.is_dir():
+            return path, None
+        raise SampleError(f'--weights {path} does not exist: give a run folder '
+                          f'(<weights_root>/<experiment_name>) or a G*.pth file in one')
+    name = cli['experiment_name'] or utils.name_from_config(cli)
+    root = Path(cli['weights_root'])
+    if not (root / name).is_dir():
+        how = ('--experiment_name' if cli['experiment_name']
+               else 'the name derived from the training flags given')
+        runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        found = (f'runs there: {", ".join(runs[:10])}' if runs else 'it holds no runs'
+                 if root.is_dir() else f'{root} does not exist')
+        raise SampleError(f'no run folder {root / name} ({how}); {found}. Give '
+                          f'--experiment_name NAME with the --base_root/--weights_root it was '
+                          f'trained with, the training flags, or --weights PATH')
+    return root / name, None
+
+
+def read_run(run_dir: Path, suffix: Optional[str]) -> tuple[Optional[dict], int]:
+    """(config saved with the run or None, its iteration): config.json, else state_dict.pth."""
+    state_path = run_dir / _pth('state_dict', suffix)
+    state = utils.load_file(str(state_path)) if state_path.is_file() else {}
+    if (run_dir / 'config.json').is_file():
+        with open(run_dir / 'config.json') as f:
+            return json.load(f), int(state.get('itr', 0))
+    return state.get('config'), int(state.get('itr', 0))
+
+
+def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
+    """Fill resolution, n_classes, classes_per_sheet and moments_path in place."""
+    need_moments = ((config['sample_inception_metrics'] or bool(config['sample_trunc_curves']))
+                    and not config['no_fid'])
+    if saved is not None and 'dataset' not in saved and 'dataset' not in given:
+        # A converted TF-Hub G names no dataset: its FID reference is ImageNet at its size.
+        guess = f"I{config['resolution']}_hdf5"
+        config['dataset'] = guess if (guess in datasets.DATASETS
+                                      and config.get('n_classes') == 1000) else ''
+    spec, problem = None, 'the run config names no dataset: give --dataset'
+    if config['dataset']:
+        try:
+            spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
+                                            config['resolution'] or None)
+        except (FileNotFoundError, ValueError) as err:
+            problem = f'--dataset {config["dataset"]}: {err}'
+    if spec is None:
+        if need_moments or 'n_classes' not in config:
+            raise SampleError(problem)
+        per_sheet = 50 if config['resolution'] <= 64 else 20  # the ImageNet sheets
+    else:
+        if 'n_classes' not in config or given.keys() & {'dataset', 'resolution',
+                                                        'unconditional'}:
+            config['resolution'] = spec.resolution
+            config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
+        config['moments_path'] = str(spec.moments_path)
+        per_sheet = spec.classes_per_sheet
+    config['classes_per_sheet'] = min(config.get('classes_per_sheet') or per_sheet,
+                                      config['n_classes'])
+
+
+def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
+    """(config, weights file to load, the run's iteration) from the flags and the run."""
+    args, given = parse_flags(argv)
+    weights = args.pop('weights')
+    given.pop('weights', None)
+    run_dir, weights_file = find_run(utils.update_config_roots(dict(args)), weights)
+    suffix = args['load_weights'] or None
+    if weights_file is not None:  # G_ema_best0.pth -> suffix best0
+        stem = weights_file.stem
+        suffix = stem[len('G_ema'):] if stem.startswith('G_ema') else stem[len('G'):]
+        suffix = suffix.lstrip('_') or None
+    saved, itr = read_run(run_dir, suffix)
+    config = dict(args)
+    if saved is None:
+        print(f'{run_dir} holds no saved config: using the flags given')
+    else:
+        known = utils.config_keys() - LOCAL_KEYS
+        config.update({k: v for k, v in utils.plain_config(saved).items() if k in known})
+        config.update(given)
+    utils.update_config_roots(config)
+    config['experiment_name'] = run_dir.name
+    config['G_batch_size'] = config['G_batch_size'] or config['batch_size']
+    resolve_data(config, given, saved)
+    if weights_file is None:
+        which = 'G_ema' if config['ema'] and config['use_ema'] else 'G'
+        weights_file = run_dir / _pth(which, suffix)
+    if not weights_file.is_file():
+        has = ', '.join(sorted(p.name for p in run_dir.glob('*.pth'))) or 'no .pth files'
+        hint = (' (the run has no EMA copy: sample G with --no_use_ema)'
+                if weights_file.name.startswith('G_ema') else '')
+        raise SampleError(f'weights {weights_file} are missing{hint}; the folder holds: {has}')
+    return config, weights_file, itr
+
+
+# ----------------------------------------------------------------------------------------
+# Model and latents
+# ----------------------------------------------------------------------------------------
+
+
+def load_generator(config: dict, weights_file: Path, device: torch.device) -> nn.Module:
+    """The configured G with the weights loaded strictly, in the mode --G_eval_mode asks for."""
+    try:
+        model = importlib.import_module(config['model'])
+        G = model.Generator(**{**config, 'skip_init': True})
+        utils.load_state_checked(G, utils.load_file(str(weights_file)), True, str(weights_file))
+    except (ImportError, TypeError, ValueError) as err:
+        raise SampleError(f'{err}\nFlags given here override the run config: drop those that '
+                          f'change the model, or give the ones it was trained with.') from err
+    return G.to(device).train(not config['G_eval_mode'])
+
+
+class TruncatedLatents(utils.Latents):
+    """Latents with z ~ N(0, 1) truncated at `truncation` (the paper's truncation trick)."""
+
+    def __init__(self, batch_size: int, dim_z: int, n_classes: int, device: torch.device,
+                 truncation: float):
+        super().__init__(batch_size, dim_z, n_classes, device)
+        self.truncation = truncation
+
+    def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """New z (every |z_i| <= truncation) and uniform classes."""
+        self.z.copy_(utils.truncated_normal(self.z.shape, self.truncation, self.z.device))
+        self.y.random_(0, self.n_classes)
+        return self.z, self.y
+
+
+def make_sample(G: nn.Module, net: nn.Module, latents: utils.Latents, amp: Callable,
+                bar: Optional[tqdm] = None) -> Callable:
+    """sample() -> (images [B, 3, R, R] in [-1, 1], labels [B]) from fresh latents."""
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        z, y = latents.sample_()
+        with amp():
+            images = net(z, G.shared(y))
+        if bar is not None:
+            bar.update(len(y))
+        return images, y
+    return sample
+
+
+def truncation_values(spec: str) -> list[float]:
+    """'start_step_end' -> [start, start + step, ..., end]."""
+    try:
+        start, step, end = (float(v) for v in spec.split('_'))
+    except ValueError:
+        raise SampleError(f'--sample_trunc_curves {spec!r}: expected start_step_end, '
+                          f'e.g. 0.05_0.05_1.0') from None
+    if not 0 < start <= end or step <= 0:
+        raise SampleError(f'--sample_trunc_curves {spec!r}: need 0 < start <= end, step > 0')
+    return [round(start + i * step, 6) for i in range(int((end - start) / step + 1e-6) + 1)]
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, R, R] in [-1, 1] -> uint8 [B, R, R, 3] (rounded, on the images' device)."""
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(
+        0, 2, 3, 1)
+
+
+def write_npz(path: str, sample: Callable, num: int) -> None:
+    """Stream `num` samples into an uncompressed .npz: x uint8 [N, R, R, 3], y int64 [N].
+
+    Only one batch of images is in memory at a time: x.npy is written into the zip batch by
+    batch (the header first, from the first batch's shape); the labels (8 bytes each) are
+    kept and written after. A temporary name is renamed at the end.
+    """
+    tmp, labels, done = f'{path}.tmp', [], 0
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open('x.npy', 'w', force_zip64=True) as f:  # force: size unknown, may be >2GB
+            while done < num:
+                images, y = sample()
+                x = to_uint8(images[:num - done]).cpu().numpy()
+                if done == 0:
+                    np.lib.format.write_array_header_1_0(f, {
+                        'descr': np.lib.format.dtype_to_descr(x.dtype),
+                        'fortran_order': False, 'shape': (num, *x.shape[1:])})
+                f.write(np.ascontiguousarray(x).tobytes())
+                labels.append(y[:len(x)].cpu())
+                done += len(x)
+        with zf.open('y.npy', 'w') as f:
+            np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))
+    os.replace(tmp, path)
+
+
+def save_grid(images: torch.Tensor, path: str) -> None:
+    """A square-ish grid of images in [-1, 1]."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torchvision.utils.save_image(images.float().cpu(), path, nrow=int(len(images) ** 0.5),
+                                 normalize=True, value_range=(-1, 1))
+
+
+def plot_trunc_curves(records: list[dict], path: str) -> None:
+    """IS and FID against truncation, and FID against IS (the paper's trade-off), as PNG."""
+    from matplotlib.figure import Figure  # Agg canvas; no pyplot global state
+    t = [r['truncation'] for r in records]
+    IS = [r['IS_mean'] for r in records]
+    FID = [r['FID'] for r in records]
+    has_fid = all(v is not None for v in FID)
+    fig = Figure(figsize=(12 if has_fid else 4, 3.5))
+    axes = fig.subplots(1, 3 if has_fid else 1, squeeze=False)[0]
+    axes[0].plot(t, IS, 'o-')
+    axes[0].set(xlabel='truncation t', ylabel='IS')
+    if has_fid:
+        axes[1].plot(t, FID, 'o-')
+        axes[1].set(xlabel='truncation t', ylabel='FID')
+        axes[2].plot(IS, FID, 'o-')
+        axes[2].set(xlabel='IS', ylabel='FID')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------
+
+
+def run(argv: Optional[list[str]] = None) -> dict:
+    """Sample as the flags say; returns what was done (paths, metric records, images/s)."""
+    # Config, and every check that can fail, before anything is sampled:
+    config, weights_file, itr = resolve_config(argv)
+    if not any(config[m] for m in MODES):
+        raise SampleError(f"nothing to do: give one or more of --{', --'.join(MODES)}")
+    spec = config['sample_trunc_curves']
+    truncations = truncation_values(spec) if spec else []
+    if config['sample_inception_metrics'] or truncations:
+        import inception_utils  # only when asked: it loads Inception code and weights
+        inception_args = (config.get('moments_path', ''), config['inception'],
+                          config['inception_weights'] or None)
+        try:
+            inception_utils.check_inception_ready(*inception_args, config['no_fid'])
+        except (FileNotFoundError, ValueError) as err:
+            raise SampleError(f'{err}\n(IS/FID were asked for; --no_fid computes IS only, '
+                              f'which needs no moments file)') from err
+
+    # Model, precision, latents:
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    G = load_generator(config, weights_file, device)
+    net = nn.DataParallel(G) if config['parallel'] and torch.cuda.device_count() > 1 else G
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config['amp'])
+
+    def amp():  # G runs under the run's --amp; Inception never does
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    name, B = config['experiment_name'], config['G_batch_size']
+    print(f"Loaded {weights_file} (itr {itr}): G in {'eval' if config['G_eval_mode'] else 'train'}"
+          f" mode, {config['amp'] if dtype else 'fp32'}, on {device}, batches of {B}")
+    utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
+    latents = utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var'])
+    out_dir = os.path.join(config['samples_root'], name)
+    folder = itr if config['sample_sheet_folder_num'] == -1 else config['sample_sheet_folder_num']
+    done = {'weights': str(weights_file), 'config': config}
+    if config['sample_inception_metrics'] or truncations:
+        get_metrics = inception_utils.prepare_inception_metrics(
+            *inception_args, device=device, parallel=config['parallel'],
+            no_fid=config['no_fid'])
+
+    def metrics(lat: utils.Latents, **what) -> dict:
+        n = config['num_inception_images']
+        with tqdm(total=n, desc='IS/FID samples', unit='img', file=sys.stdout) as bar:
+            start = time.perf_counter()
+            IS_mean, IS_std, FID = get_metrics(make_sample(G, net, lat, amp, bar), n,
+                                               num_splits=10, prints=False)
+        record = dict(itr=itr, weights=str(weights_file), **what, IS_mean=float(IS_mean),
+                      IS_std=float(IS_std), FID=None if FID is None else float(FID),
+                      num_inception_images=n, G_batch_size=B, G_eval_mode=config['G_eval_mode'],
+                      standing_accumulations=config['num_standing_accumulations']
+                      if config['accumulate_stats'] else 0)
+        print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']} "
+              f"({n / (time.perf_counter() - start):.1f} images/s with Inception)")
+        return record
+
+    # Outputs, in the 2019 order; the truncation sweep last, as it may redo standing stats:
+    with torch.inference_mode():
+        if config['accumulate_stats']:
+            with amp():
+                utils.accumulate_standing_stats(G, latents, config['num_standing_accumulations'])
+        if config['sample_npz']:
+            n, path = config['sample_num_npz'], os.path.join(out_dir, 'samples.npz')
+            os.makedirs(out_dir, exist_ok=True)
+            with tqdm(total=n, desc='npz samples', unit='img', file=sys.stdout) as bar:
+                start = time.perf_counter()
+                write_npz(path, make_sample(G, net, latents, amp, bar), n)
+            done['npz'], done['images_per_s'] = path, n / (time.perf_counter() - start)
+            print(f"Wrote {n} samples to {path} ({done['images_per_s']:.1f} images/s)")
+        with amp():
+            if config['sample_sheets']:
+                done['sheets'] = utils.sample_sheet(
+                    G, config['classes_per_sheet'], config['n_classes'], 10,
+                    config['samples_root'], name, folder, device)
+            if config['sample_interps']:  # z and class together, z only, class only
+                done['interps'] = [utils.interp_sheet(
+                    G, 16, 8, config['n_classes'], config['samples_root'], name, folder, 0,
+                    fix_z, fix_y, device) for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
+        if config['sample_random']:
+            done['random'] = os.path.join(out_dir, 'random_samples.jpg')
+            save_grid(make_sample(G, net, latents, amp)()[0], done['random'])
+        for key in ('sheets', 'interps'):
+            if key in done:
+                print(f'Wrote {len(done[key])} {key} to {os.path.dirname(done[key][0])}')
+        if 'random' in done:
+            print(f"Wrote {done['random']}")
+        if config['sample_inception_metrics']:
+            done['metrics'] = metrics(latents, z_var=config['z_var'])
+            utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_sample_metrics.jsonl')
+                                ).log(done['metrics'])
+        if truncations:
+            log_path = os.path.join(config['logs_root'], f'{name}_trunc_curves.jsonl')
+            log = utils.MetricsLogger(log_path, reinitialize=True)
+            done['trunc_curves'] = []
+            for t in truncations:
+                lat = TruncatedLatents(B, G.dim_z, config['n_classes'], device, t)
+                if config['accumulate_stats']:  # standing stats at this t, as 2019 did
+                    with amp():
+                        utils.accumulate_standing_stats(G, lat,
+                                                        config['num_standing_accumulations'])
+                done['trunc_curves'].append(metrics(lat, truncation=t))
+                log.log(done['trunc_curves'][-1])
+            plot_trunc_curves(done['trunc_curves'], log_path[:-len('.jsonl')] + '.png')
+            print(f'Wrote {log_path} and its .png plot')
+    return done
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry: sample, or print what was wrong (no traceback) and return 1."""
+    try:
+        run(argv)
+    except SampleError as err:
+        print(f'sample.py: error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Tests for sample.py on a tiny 32x32 checkpoint written as train.py writes runs (CPU)."""
+import json
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+import sample
+import train
+import utils
+from conftest import shared_file
+
+NAME = 'tiny'
+TRAIN_FLAGS = ['--dataset', 'C10', '--G_ch', '4', '--D_ch', '4', '--G_attn', '0', '--D_attn', '0',
+               '--G_shared', '--shared_dim', '8', '--hier', '--dim_z', '16', '--ema', '--use_ema',
+               '--batch_size', '8', '--G_init', 'N02', '--D_init', 'N02',
+               '--experiment_name', NAME]
+
+
+def make_run(base_root) -> dict:
+    """A run folder as train.py leaves it (G, D, G_ema, state_dict with config, config.json)."""
+    config = vars(utils.prepare_parser().parse_args(TRAIN_FLAGS + ['--base_root', str(base_root)]))
+    config = train.prepare_config(config)
+    torch.manual_seed(0)
+    G, D, G_ema = train.build_models(config, torch.device('cpu'))
+    with torch.no_grad():  # make G_ema differ from G, so the tests can tell which was loaded
+        for p in G_ema.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {'itr': 7, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+             'best_FID': 999999, 'config': config}
+    root = utils.save_weights(G, D, state, config['weights_root'], NAME, G_ema=G_ema)
+    utils.save_config(config, f'{root}/config.json')
+    return config
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    """Base root holding the tiny run (read-only use: tests that damage it copy it first)."""
+    root = tmp_path_factory.mktemp('base')
+    make_run(root)
+    return root
+
+
+def sample_args(base_root, *flags) -> list[str]:
+    """Flags that find the tiny run by name only: no model flags."""
+    return ['--base_root', str(base_root), '--experiment_name', NAME, *flags]
+
+
+def test_npz_reads_the_config_from_the_run(base):
+    done = sample.run(sample_args(base, '--sample_npz', '--sample_num_npz', '37',
+                                  '--G_batch_size', '16'))
+    assert done['config']['G_ch'] == 4 and done['config']['dim_z'] == 16  # not the defaults
+    assert done['weights'].endswith('G_ema.pth')
+    assert done['npz'] == str(base / 'samples' / NAME / 'samples.npz')
+    with np.load(done['npz']) as f:
+        x, y = f['x'], f['y']
+    assert x.dtype == np.uint8 and x.shape == (37, 32, 32, 3)  # 37: a partial last batch
+    assert y.dtype == np.int64 and y.shape == (37,) and 0 <= y.min() and y.max() < 10
+    assert len(np.unique(y)) > 3 and x.std() > 5  # real, varied samples
+    assert done['images_per_s'] > 0
+
+
+def test_npz_matches_G_ema_outputs(base, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # CPU draws to replay
+    done = sample.run(sample_args(base, '--sample_npz', '--sample_num_npz', '8',
+                                  '--G_batch_size', '8', '--G_eval_mode'))
+    G = sample.load_generator(done['config'], base / 'weights' / NAME / 'G_ema.pth',
+                              torch.device('cpu'))
+    utils.seed_rng(done['config']['seed'])  # replay the draws of the run above
+    z, y = utils.Latents(8, G.dim_z, 10).sample_()
+    with torch.no_grad():
+        expected = sample.to_uint8(G(z, G.shared(y))).numpy()
+    with np.load(done['npz']) as f:
+        np.testing.assert_array_equal(f['y'], y.numpy())
+        assert np.abs(f['x'].astype(int) - expected).max() <= 1
+
+
+def test_flags_override_the_run_config(base):
+    config, weights, itr = sample.resolve_config(sample_args(
+        base, '--sample_random', '--z_var', '0.5', '--G_batch_size', '5', '--no_use_ema'))
+    assert (config['z_var'], config['G_batch_size'], config['use_ema']) == (0.5, 5, False)
+    assert config['G_ch'] == 4 and config['n_classes'] == 10 and itr == 7
+    assert weights.name == 'G.pth'
+    config, weights, _ = sample.resolve_config(
+        ['--weights', str(base / 'weights' / NAME / 'G.pth'), '--base_root', str(base)])
+    assert weights.name == 'G.pth' and config['experiment_name'] == NAME
+
+
+def test_sheets_interps_random(base):
+    done = sample.run(sample_args(base, '--sample_sheets', '--sample_interps', '--sample_random',
+                                  '--G_batch_size', '16', '--G_eval_mode'))
+    folder = base / 'samples' / NAME / '7'  # the run's iteration
+    assert done['sheets'] == [str(folder / 'samples0.jpg')]  # C10: one sheet of 10 classes
+    assert Image.open(done['sheets'][0]).size == (10 * 34 + 2, 10 * 34 + 2)  # 10x10 grid
+    assert sorted(done['interps']) == [str(folder / f'interp{s}0.jpg') for s in ('Y', 'Z', 'ZY')]
+    assert Image.open(done['interps'][0]).size == (10 * 34 + 2, 16 * 34 + 2)  # 16 rows of 10
+    assert Image.open(done['random']).size == (4 * 34 + 2, 4 * 34 + 2)
+    done = sample.run(sample_args(base, '--sample_sheets', '--sample_sheet_folder_num', '3'))
+    assert done['sheets'] == [str(base / 'samples' / NAME / '3' / 'samples0.jpg')]
+
+
+@pytest.mark.parametrize('t', [0.5, 2.0])
+def test_truncated_latents_follow_the_truncated_normal(t):
+    torch.manual_seed(0)
+    z = sample.TruncatedLatents(400, 50, 10, torch.device('cpu'), t).sample_()[0].flatten()
+    assert z.abs().max() <= t
+    ks = stats.kstest(z.numpy(), stats.truncnorm(-t, t).cdf)
+    assert ks.statistic < 0.015  # 20,000 draws: a wrong law (e.g. clamped, scaled) is far off
+    assert abs(z.std().item() - stats.truncnorm(-t, t).std()) < 0.01
+
+
+def fake_inception(monkeypatch, seen: list):
+    """No Inception weights exist here: a stand-in inception_utils, its metrics made up."""
+    def get_inception_metrics(sample_fn, num, num_splits=10, prints=True, use_torch=True):
+        images, y = sample_fn()
+        assert images.shape[1:] == (3, 32, 32) and images.abs().max() <= 1
+        seen.append(len(y))
+        return float(images.mean()) + 5, 0.1, 42.0
+    fake = types.SimpleNamespace(check_inception_ready=lambda *a, **k: None,
+                                 prepare_inception_metrics=lambda *a, **k: get_inception_metrics)
+    monkeypatch.setitem(sys.modules, 'inception_utils', fake)
+
+
+def test_trunc_curves_and_metrics(base, monkeypatch):
+    seen, zs = [], []
+    fake_inception(monkeypatch, seen)
+    real_sample = sample.TruncatedLatents.sample_
+
+    def spy(self):
+        z, y = real_sample(self)
+        zs.append((self.truncation, z.abs().max().item()))
+        return z, y
+    monkeypatch.setattr(sample.TruncatedLatents, 'sample_', spy)
+    done = sample.run(sample_args(base, '--sample_trunc_curves', '0.5_0.5_1.5',
+                                  '--sample_inception_metrics', '--G_batch_size', '6',
+                                  '--G_eval_mode', '--num_inception_images', '20'))
+    log = base / 'logs' / f'{NAME}_trunc_curves.jsonl'
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r['truncation'] for r in records] == [0.5, 1.0, 1.5]
+    assert all(r['FID'] == 42.0 and r['num_inception_images'] == 20 for r in records)
+    assert (base / 'logs' / f'{NAME}_trunc_curves.png').stat().st_size > 1000
+    assert [t for t, _ in zs] == [0.5, 1.0, 1.5] and all(m <= t for t, m in zs)
+    metrics = (base / 'logs' / f'{NAME}_sample_metrics.jsonl').read_text().splitlines()
+    assert json.loads(metrics[-1])['z_var'] == 1.0 and seen == [6] * 4
+    assert done['metrics']['IS_std'] == 0.1
+
+
+def test_2019_run_folder_samples_from_G_ema(tmp_path):
+    fixture = shared_file('fixtures/run2019/weights/run2019/G_ema.pth').parents[2]
+    shutil.copytree(fixture, tmp_path / 'run2019')
+    flags = ['--base_root', str(tmp_path / 'run2019'), '--experiment_name', 'run2019',
+             '--dataset', 'C10', '--G_ch', '8', '--D_ch', '8', '--G_attn', '0', '--D_attn', '0',
+             '--G_shared', '--shared_dim', '16', '--hier', '--dim_z', '20', '--ema', '--use_ema',
+             '--ema_start', '1', '--batch_size', '4', '--num_D_steps', '1', '--seed', '0',
+             '--G_init', 'N02', '--D_init', 'N02']
+    done = sample.run(flags + ['--sample_npz', '--sample_num_npz', '6', '--sample_random'])
+    assert done['weights'].endswith('run2019/G_ema.pth')
+    with np.load(done['npz']) as f:
+        assert f['x'].shape == (6, 32, 32, 3) and f['x'].dtype == np.uint8
+    # The flags are optional: the config pickled in the 2019 state_dict.pth has them.
+    done = sample.run(flags[:4] + ['--sample_random'])
+    assert done['config']['shared_dim'] == 16 and done['weights'].endswith('G_ema.pth')
+
+
+def test_converted_tfhub_layout(tmp_path):
+    """A TFHub/converter.py folder: G.pth and config.json of Generator kwargs, nothing else."""
+    config = dict(model='BigGAN', resolution=32, n_classes=10, G_ch=4, dim_z=16, shared_dim=8,
+                  hier=True, G_shared=True, G_attn='0', skip_init=True, experiment_name='hub')
+    import BigGAN
+    (tmp_path / 'hub').mkdir()
+    torch.save(BigGAN.Generator(**config).state_dict(), tmp_path / 'hub' / 'G.pth')
+    (tmp_path / 'hub' / 'config.json').write_text(json.dumps(config))
+    done = sample.run(['--weights', str(tmp_path / 'hub'), '--base_root', str(tmp_path),
+                       '--sample_random', '--G_batch_size', '4', '--G_eval_mode'])
+    assert done['weights'].endswith('hub/G.pth')
+    assert Image.open(tmp_path / 'samples' / 'hub' / 'random_samples.jpg').size == (70, 70)
+
+
+def error_of(argv, capsys) -> str:
+    """The message main() prints for bad flags (it returns 1, without a traceback)."""
+    assert sample.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('sample.py: error:') and 'Traceback' not in err
+    return err
+
+
+def test_errors(base, tmp_path, capsys):
+    err = error_of(['--base_root', str(base), '--experiment_name', 'nope', '--sample_random'],
+                   capsys)
+    assert 'no run folder' in err and 'nope' in err and NAME in err  # lists the runs there
+    err = error_of(['--base_root', str(base), '--sample_random'], capsys)
+    assert 'derived from the training flags' in err
+    err = error_of(sample_args(base, '--sample_random', '--G_ch', '8'), capsys)
+    assert 'shape mismatch linear.weight' in err and 'file (256, 4) vs model (512, 4)' in err
+    assert 'nothing to do' in error_of(sample_args(base), capsys)
+    assert 'start_step_end' in error_of(sample_args(base, '--sample_trunc_curves', '1_2'), capsys)
+
+    shutil.copytree(base / 'weights', tmp_path / 'weights')
+    (tmp_path / 'weights' / NAME / 'G_ema.pth').unlink()
+    err = error_of(sample_args(tmp_path, '--sample_random'), capsys)
+    assert 'G_ema.pth are missing' in err and '--no_use_ema' in err
+    assert sample.run(sample_args(tmp_path, '--sample_random', '--no_use_ema'))['random']
+
+
+def test_metrics_without_moments_fail_before_sampling(base, tmp_path, capsys):
+    pytest.importorskip('inception_utils')  # the real startup check
+    shutil.copytree(base / 'weights', tmp_path / 'weights')
+    weights = tmp_path / 'inception.pth'
+    weights.write_bytes(b'weights exist; the moments file does not')
+    err = error_of(sample_args(tmp_path, '--sample_npz', '--sample_num_npz', '4',
+                               '--sample_inception_metrics', '--inception_weights',
+                               str(weights)), capsys)
+    assert 'C10_inception_moments.npz' in err and 'calculate_inception_moments' in err
+    assert not (tmp_path / 'samples').exists()  # nothing was sampled
+    err = error_of(sample_args(base, '--sample_inception_metrics', '--inception_weights',
+                               str(tmp_path / 'absent.pth')), capsys)
+    assert 'absent.pth does not exist' in err
