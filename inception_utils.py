@@ -14,6 +14,7 @@ in float64: as exact as scipy's `sqrtm` reference, finite on rank-deficient cova
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -228,12 +229,13 @@ class ISAccumulator:
             self.p_sum = p.new_zeros(self.num_splits, p.shape[1])
             self.plogp_sum = p.new_zeros(self.num_splits)
             self.counts = p.new_zeros(self.num_splits)
-        split = (torch.arange(p.shape[0], device=p.device) + self.seen) // self.split_size
-        self.seen += p.shape[0]
+        p = p.to(self.p_sum.device)
+        split = (torch.arange(len(p), device=p.device) + self.seen) // self.split_size
+        self.seen += len(p)
         keep = split < self.num_splits
-        p, split = p[keep], split[keep].to(self.p_sum.device)
-        self.p_sum.index_add_(0, split, p.to(self.p_sum.device))
-        self.plogp_sum.index_add_(0, split, torch.xlogy(p, p).sum(1).to(self.p_sum.device))
+        p, split = p[keep], split[keep]
+        self.p_sum.index_add_(0, split, p)
+        self.plogp_sum.index_add_(0, split, torch.xlogy(p, p).sum(1))
         self.counts.index_add_(0, split, torch.ones_like(split, dtype=torch.float64))
 
     def compute(self) -> tuple[float, float]:
@@ -303,6 +305,8 @@ def _psd_eigs_lapack(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         pass
     c, piv, rank, _ = scipy.linalg.lapack.dpstrf(s1.T, lower=1)
+    if rank == 0:
+        return np.zeros(0)
     r = np.empty((s1.shape[0], rank))
     r[piv - 1] = np.tril(c)[:, :rank]  # P^T s1 P = L L^T, so R = P L
     return scipy.linalg.eigvalsh(r.T @ s2 @ r, check_finite=False)
@@ -344,6 +348,9 @@ def torch_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array,
     mu1 = torch.as_tensor(mu1).to(torch.float64)
     mu2, s1, s2 = (torch.as_tensor(t).to(mu1.device, torch.float64)
                    for t in (mu2, sigma1, sigma2))
+    if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, s1, s2)):
+        raise ValueError('FID of non-finite moments: the features or the moments file hold '
+                         'NaN or inf')
     diff = mu1 - mu2
     fid = float(diff @ diff) + float(s1.trace() + s2.trace()) - 2 * trace_sqrt_product(s1, s2)
     return max(fid, 0.0)
@@ -452,7 +459,7 @@ def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvis
         """
         if prints:
             print(f'Gathering Inception activations of {num_inception_images} samples...')
-        batches = (sample()[0] for _ in iter(int, 1))  # sample() forever; stops at N images
+        batches = (sample()[0] for _ in itertools.count())  # stops at N images
         is_acc, mom_acc = accumulate_inception_stats(net, batches, num_inception_images,
                                                      num_splits, moments=not no_fid)
         IS_mean, IS_std = is_acc.compute()

@@ -108,6 +108,13 @@ def test_fid_commuting_covariances_with_null_spaces():
     assert fid == pytest.approx(ref, rel=1e-6)
 
 
+def test_fid_zero_covariance_and_non_finite_input():
+    zero, eye, mu = np.zeros((8, 8)), np.eye(8), np.zeros(8)
+    assert iu.numpy_calculate_frechet_distance(mu, zero, mu + 1, eye) == pytest.approx(16.0)
+    with pytest.raises(ValueError, match='non-finite'):
+        iu.numpy_calculate_frechet_distance(mu, eye * np.nan, mu, eye)
+
+
 def test_both_routes_match_exact_reference():
     # The LAPACK route (CPU) and the torch route (GPUs), both run here on the CPU, through
     # their positive definite and their singular branches.
