@@ -189,8 +189,9 @@ def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag]) -> None:
         elif f.type == 'off':
             parser.add_argument(f'--{f.name}', dest=f.key, action='store_false', help=f.help)
         else:
+            default = str(f.default).replace('%', '%%')  # argparse %-formats help texts
             parser.add_argument(f'--{f.name}', type=f.type, default=f.default,
-                                choices=f.choices, help=f'{f.help} (default: {f.default})')
+                                choices=f.choices, help=f'{f.help} (default: {default})')
 
 
 def prepare_parser() -> argparse.ArgumentParser:

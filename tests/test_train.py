@@ -192,3 +192,8 @@ def test_2019_run_folder_resumes_with_its_optimizer_state(tmp_path):
     new_optim = utils.load_file(str(base / 'weights' / 'run2019' / 'G_optim.pth'))
     assert new_optim['state'][0]['step'] == old_optim['state'][0]['step'] + 2
     assert len(new_optim['state']) == len(old_optim['state'])
+
+
+def test_help_lists_every_flag():
+    text = utils.prepare_parser().format_help()
+    assert '--logstyle' in text and '%3.3e' in text and '--num_standing_accumulations' in text
