@@ -69,7 +69,7 @@ class SN:
         # The power iteration is a fixed-point method on tiny vectors: run it in fp32
         # even when the surrounding forward is under autocast.
         with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            W_mat = self.weight.float().view(self.weight.size(0), -1)  # [out, in*k*k]
+            W_mat = self.weight.float().reshape(self.weight.size(0), -1)  # [out, in*k*k]
             with torch.no_grad():
                 us = self.u
                 # In eval mode the stored u's are not advanced, so every step would repeat

@@ -22,6 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import datasets
+import layers
 import train_fns
 import utils
 from BigGAN import G_D
@@ -165,7 +166,6 @@ def run(config: dict) -> dict:
     G_ddp = D_ddp = None
     if world_size > 1:
         if config['cross_replica']:
-            import layers
             layers.use_sync_batchnorm(G)
         ids = [device.index] if device.type == 'cuda' else None
         G_ddp = nn.parallel.DistributedDataParallel(G, device_ids=ids)

@@ -373,7 +373,7 @@ def ortho(model: nn.Module, strength: float = 1e-4, blacklist: tuple = ()) -> No
         for param in model.parameters():
             if param.ndim < 2 or id(param) in skip or param.grad is None:
                 continue
-            w = param.view(param.shape[0], -1)
+            w = param.reshape(param.shape[0], -1)  # a copy for channels_last weights
             gram = torch.mm(w, w.t())
             gram.fill_diagonal_(0)
             param.grad.add_(torch.mm(gram, w).view_as(param), alpha=2 * strength)

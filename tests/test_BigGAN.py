@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import BigGAN
+import utils
 from conftest import shared_file
 from model_check import check_reference
 
@@ -136,7 +137,6 @@ def test_unconditional_D_has_no_projection():
 
 
 def test_whole_run_config_is_accepted_and_typos_are_errors():
-    import utils
     config = vars(utils.prepare_parser().parse_args([]))
     config.update(TINY, resolution=32)
     BigGAN.Generator(**config), BigGAN.Discriminator(**config)
@@ -200,3 +200,22 @@ def test_forward_makes_no_host_syncs(monkeypatch):
     for name in ('item', 'tolist', '__bool__', '__float__', '__int__'):
         monkeypatch.setattr(torch.Tensor, name, refuse)
     D(G(torch.randn(4, G.dim_z), G.shared(y)), y).sum().backward()
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    cfg = dict(TINY, resolution=32, G_attn='16', D_attn='16', G_ortho=0.1)
+    G, D = BigGAN.Generator(**cfg), BigGAN.Discriminator(**cfg)
+    z, y, x_real = torch.randn(2, G.dim_z), torch.randint(0, 3, (2,)), torch.rand(2, 3, 32, 32)
+    G.eval(), D.eval()
+    with torch.no_grad():
+        x, d = G(z, G.shared(y)), D(x_real, y)
+    G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    assert G.blocks[0][0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    out = D(G(z, G.shared(y)), y)
+    out.sum().backward()
+    utils.ortho(G, 0.1)  # works on channels_last weights too
+    with torch.no_grad():
+        torch.testing.assert_close(G(z, G.shared(y)), x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(D(x_real.contiguous(memory_format=torch.channels_last), y),
+                                   d, atol=1e-4, rtol=1e-5)
