@@ -151,13 +151,9 @@ class InceptionNet(nn.Module):
         return pool, F.linear(pool, self.net.fc.weight)
 
 
-def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision',
-                       inception_weights: Optional[PathLike] = None,
-                       device: Optional[Union[str, torch.device]] = None) -> nn.Module:
-    """The Inception network with its weights, in eval mode on `device` (default: cuda if any).
-
-    `parallel` wraps it in DataParallel (the 2019 signature's only argument).
-    """
+def _load_weights(inception: str, inception_weights: Optional[PathLike]
+                  ) -> torchvision.models.Inception3:
+    """The network's architecture with its weights file loaded, on the CPU."""
     _check_kind(inception)
     path = resolve_inception_weights(inception, inception_weights)
     net = _inception_v3(inception)
@@ -165,8 +161,19 @@ def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision'
         state = torch.load(path, map_location='cpu', weights_only=True)
         net.load_state_dict(state.get('state_dict', state))
     except Exception as err:  # not a file of tensors, other keys or shapes: one message
-        raise RuntimeError(f'{path} is not a state dict of the {inception!r} Inception-v3: '
-                           f'{err}') from None
+        raise ValueError(f'{path} is not a state dict of the {inception!r} Inception-v3: '
+                         f'{err}') from None
+    return net
+
+
+def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision',
+                       inception_weights: Optional[PathLike] = None,
+                       device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """The Inception network with its weights, in eval mode on `device` (default: cuda if any).
+
+    `parallel` wraps it in DataParallel (the 2019 signature's only argument).
+    """
+    net = _load_weights(inception, inception_weights)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = InceptionNet(net, inception).eval().requires_grad_(False).to(device)
     if parallel and torch.cuda.device_count() > 1:
@@ -425,11 +432,12 @@ def load_moments(path: PathLike, inception: str = 'torchvision'
 def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision',
                           inception_weights: Optional[PathLike] = None,
                           no_fid: bool = False) -> None:
-    """Fail now, not at the first test hours later: weights to hand and moments usable.
+    """Fail now, not at the first test hours later: weights load and moments are usable.
 
-    `moments_path` is the dataset's moments file (see `moments_file`).
+    `moments_path` is the dataset's moments file (see `moments_file`). Raises
+    FileNotFoundError or ValueError saying what to do.
     """
-    resolve_inception_weights(inception, inception_weights)
+    _load_weights(inception, inception_weights)
     if not no_fid:
         load_moments(moments_file(moments_path, inception), inception)
 

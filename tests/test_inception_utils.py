@@ -252,8 +252,8 @@ def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch, weight
         assert iu.resolve_inception_weights(kind) == cached
     with pytest.raises(FileNotFoundError, match='--inception_weights .*nope.pth does not exist'):
         iu.resolve_inception_weights('tf', tmp_path / 'nope.pth')
-    with pytest.raises(RuntimeError, match="not a state dict of the 'torchvision'"):
-        iu.load_inception_net(inception='torchvision', inception_weights=weights['tf'])
+    with pytest.raises(ValueError, match="not a state dict of the 'torchvision'"):
+        iu.check_inception_ready(tmp_path / 'x.npz', 'torchvision', weights['tf'], no_fid=True)
 
 
 # ----------------------------------------------------------------------------- end to end
