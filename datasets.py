@@ -47,8 +47,12 @@ class DatasetSpec:
 
     @property
     def moments_path(self) -> Path:
-        """The FID moments file of this dataset (written by calculate_inception_moments.py)."""
-        return self.moments_dir / f'{self.name}_inception_moments.npz'
+        """The FID moments file of this dataset (written by calculate_inception_moments.py).
+
+        A folder and its packed HDF5 file hold the same images, so `I128` and `I128_hdf5`
+        share `I128_inception_moments.npz`, the name the 2019 release wrote and read.
+        """
+        return self.moments_dir / f'{self.name.removesuffix("_hdf5")}_inception_moments.npz'
 
 
 def _named(name: str, kind: str, relpath: str, resolution: int, n_classes: int,

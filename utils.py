@@ -625,7 +625,7 @@ def _save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
 def sample_sheet(G: nn.Module, classes_per_sheet: int, num_classes: int,
                  samples_per_class: int, samples_root: str, experiment_name: str,
                  folder_number: int, device: Union[str, torch.device] = 'cpu') -> list[str]:
-    """Per-class sheets samples{i}.jpg: one column per class, `samples_per_class` rows."""
+    """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns."""
     paths = []
     for i in range(max(num_classes // classes_per_sheet, 1)):
         classes = min(classes_per_sheet, num_classes)

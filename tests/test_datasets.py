@@ -60,7 +60,9 @@ def test_named_datasets_follow_the_2019_table():
     spec = resolve_dataset('I128_hdf5', 'data')
     assert (spec.kind, spec.path, spec.resolution) == ('hdf5', Path('data/ILSVRC128.hdf5'), 128)
     assert (spec.n_classes, spec.classes_per_sheet) == (1000, 20)
-    assert spec.moments_path == Path('data/I128_hdf5_inception_moments.npz')
+    # The 2019 name: the folder and its HDF5 packing share one moments file.
+    assert spec.moments_path == Path('data/I128_inception_moments.npz')
+    assert resolve_dataset('I128', 'data').moments_path == spec.moments_path
     i32 = resolve_dataset('I32', 'root')
     assert (i32.kind, i32.path, i32.classes_per_sheet) == ('folder', Path('root/ImageNet'), 50)
     c100 = resolve_dataset('C100', 'd')
