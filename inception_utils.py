@@ -23,6 +23,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import scipy.linalg
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
@@ -205,6 +206,23 @@ class MomentsAccumulator:
         self.outer += x.T @ x
         self.count += x.shape[0]
 
+    def all_reduce_(self) -> None:
+        """Sum the statistics of every DDP rank into each rank's accumulator (in place).
+
+        Each rank's sums are taken about its own shift: re-centre them on rank 0's first.
+        """
+        shift = self.shift.clone() if self.shift is not None else torch.zeros_like(self.sum)
+        common = shift.clone()
+        dist.broadcast(common, src=0)
+        d = shift - common  # x - common = (x - shift) + d
+        self.outer += torch.outer(d, self.sum) + torch.outer(self.sum, d)
+        self.outer += self.count * torch.outer(d, d)
+        self.sum += self.count * d
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
+        for t in (self.sum, self.outer, count):
+            dist.all_reduce(t)
+        self.shift, self.count = common, int(count.item())
+
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu [dim], sigma [dim, dim]) of all features added."""
         if self.count < 2:
@@ -222,12 +240,19 @@ class ISAccumulator:
     which give E_i[KL(p_i || p_split)] exactly.
     """
 
-    def __init__(self, num_images: int, num_splits: int = 10):
+    def __init__(self, num_images: int, num_splits: int = 10, start: int = 0):
         if num_splits < 1 or num_images < num_splits:
             raise ValueError(f'the Inception Score needs at least as many samples as splits: '
                              f'got {num_images} samples for {num_splits} splits')
-        self.num_splits, self.split_size, self.seen = num_splits, num_images // num_splits, 0
+        # `start`: index of this process's first sample among all ranks' (DDP).
+        self.num_splits, self.split_size = num_splits, num_images // num_splits
+        self.seen = start
         self.p_sum, self.plogp_sum, self.counts = None, None, None
+
+    def all_reduce_(self) -> None:
+        """Sum the per-split sums of every DDP rank (each filled its own sample range)."""
+        for t in (self.p_sum, self.plogp_sum, self.counts):
+            dist.all_reduce(t)
 
     def update(self, probs: Array) -> None:
         """Add class probabilities [B, K] (softmax of the logits) of the next B samples."""
@@ -269,11 +294,18 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
                                ) -> tuple[ISAccumulator, Optional[MomentsAccumulator]]:
     """Run `net` over the first `num_images` images of `batches` (tensors or (x, y) pairs).
 
+    Under DDP each rank runs its 1/world_size share and gets the statistics of all of them.
+
     Returns the IS accumulator and, with `moments`, the pool-feature moments accumulator;
     `progress(n)` is called with the number of images of each batch.
     """
     device = next(net.parameters()).device
-    is_acc = ISAccumulator(num_images, num_splits)
+    # Under DDP each rank draws its share of the samples; the sums are all-reduced below.
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    start = rank * num_images // world
+    total, num_images = num_images, (rank + 1) * num_images // world - start
+    is_acc = ISAccumulator(total, num_splits, start)
     mom_acc = MomentsAccumulator(POOL_DIM, device) if moments else None
     seen = 0
     with torch.no_grad():
@@ -291,6 +323,10 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
                 break
     if seen < num_images:
         raise ValueError(f'expected {num_images} images but the batches ran out at {seen}')
+    if world > 1:
+        is_acc.all_reduce_()
+        if mom_acc is not None:
+            mom_acc.all_reduce_()
     return is_acc, mom_acc
 
 

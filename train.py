@@ -214,7 +214,7 @@ def run(config: dict) -> dict:
     train = train_fns.GAN_training_function(G, D, GD, G_optim, D_optim, latents, ema,
                                             state_dict, config, precision, G_ddp, D_ddp)
     get_inception_metrics = None
-    if config['test_every'] > 0 and is_main:
+    if config['test_every'] > 0:  # every rank: each computes a share of the samples
         import inception_utils
         get_inception_metrics = inception_utils.prepare_inception_metrics(
             config['moments_path'], config['inception'], config['inception_weights'] or None,
@@ -291,13 +291,15 @@ def run(config: dict) -> dict:
                                           config, name, optims, extra_state())
                 last_save = os.path.join(config['weights_root'], name)
                 eval_mode(False)
-            if config['test_every'] > 0 and itr % config['test_every'] == 0 and is_main:
+            if config['test_every'] > 0 and itr % config['test_every'] == 0:
                 eval_mode(True)
                 record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
-                                        get_inception_metrics, name, test_log, optims,
-                                        extra_state())
-                bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}"
-                          f", FID {record['FID']}")
+                                        get_inception_metrics, name,
+                                        test_log if is_main else None, optims,
+                                        extra_state() if is_main else None, is_main)
+                if is_main:
+                    bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- "
+                              f"{record['IS_std']:.3f}, FID {record['FID']}")
                 eval_mode(False)
             if stopping:
                 bar.write(f"signal {stop['signal']}: saved at iteration {itr}, exiting")

@@ -232,9 +232,13 @@ def _write_samples(which_G: nn.Module, latents: utils.Latents, fixed_z: torch.Te
 
 def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.Latents,
          state_dict: dict, config: dict, sample: Callable, get_inception_metrics: Callable,
-         experiment_name: str, test_log: utils.MetricsLogger, optims: tuple,
-         extra: Optional[dict] = None) -> dict:
-    """IS/FID of the sampling G; keep the `num_best_copies` best checkpoints; log to jsonl."""
+         experiment_name: str, test_log: Optional[utils.MetricsLogger], optims: tuple,
+         extra: Optional[dict] = None, is_main: bool = True) -> dict:
+    """IS/FID of the sampling G; keep the `num_best_copies` best checkpoints; log to jsonl.
+
+    Under DDP every rank calls this (each samples its share of the images); only the main
+    rank saves and logs.
+    """
     with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(which_G, latents,
@@ -244,10 +248,11 @@ def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.
     FID = None if FID is None else float(FID)  # None with --no_fid
     improved = (IS_mean > state_dict['best_IS'] if config['which_best'] == 'IS'
                 else FID is not None and FID < state_dict['best_FID'])
-    if improved:
+    if improved and is_main:
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            f"best{state_dict['save_best_num']}",
                            G_ema if config['ema'] else None, *optims, extra=extra)
+    if improved:
         state_dict['save_best_num'] = ((state_dict['save_best_num'] + 1)
                                        % max(config['num_best_copies'], 1))
     state_dict['best_IS'] = max(state_dict['best_IS'], float(IS_mean))
@@ -255,5 +260,6 @@ def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.
         state_dict['best_FID'] = min(state_dict['best_FID'], FID)
     record = dict(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
                   FID=FID)
-    test_log.log(**record)
+    if is_main:
+        test_log.log(**record)
     return record

@@ -98,3 +98,50 @@ def test_per_rank_batch_norm_differs_from_the_full_batch(ddp_runs):
     """The control: without --cross_replica G's BN sees half batches, and G comes out different."""
     r0, _ = ddp_runs['local_bn']
     assert max_diff(r0['G'], ddp_runs['single']['G']) > 1e-4
+
+
+class _FakeInception(torch.nn.Module):
+    """Deterministic stand-in for the Inception net: (pool [B, 2048], logits [B, 10])."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = torch.nn.Linear(3 * 8 * 8, 2048)
+        self.fc = torch.nn.Linear(2048, 10)
+
+    def forward(self, x):
+        pool = self.pool(x.flatten(1))
+        return pool, self.fc(pool)
+
+
+def _metrics_worker(rank, world, init_file, images, out):
+    import torch.distributed as dist
+
+    import inception_utils
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=world)
+    n = len(images)
+    mine = images[rank * n // world:(rank + 1) * n // world]
+    is_acc, mom_acc = inception_utils.accumulate_inception_stats(
+        _FakeInception(), mine.split(4), n, num_splits=5)
+    torch.save({'IS': is_acc.compute(), 'moments': mom_acc.compute()}, f'{out}{rank}.pt')
+    dist.destroy_process_group()
+
+
+def test_inception_metrics_across_ranks_equal_one_process(tmp_path):
+    """Each rank scores its share of the samples; the all-reduced IS and moments are exact."""
+    import torch.multiprocessing as mp
+
+    import inception_utils
+    images = torch.rand(30, 3, 8, 8) * 2 - 1
+    mp.spawn(_metrics_worker, args=(2, str(tmp_path / 'init'), images, str(tmp_path / 'r')),
+             nprocs=2)
+    is_acc, mom_acc = inception_utils.accumulate_inception_stats(
+        _FakeInception(), images.split(4), 30, num_splits=5)
+    mu, sigma = mom_acc.compute()
+    for rank in range(2):
+        got = torch.load(tmp_path / f'r{rank}.pt', weights_only=False)
+        # Equal up to the fp32 noise of the fake net run on other batch groupings.
+        assert got['IS'] == pytest.approx(is_acc.compute(), rel=1e-5)
+        torch.testing.assert_close(got['moments'][0], mu, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got['moments'][1], sigma, rtol=1e-5, atol=1e-7)
