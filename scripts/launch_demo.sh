@@ -10,7 +10,7 @@ python train.py --dataset data/demo_32.hdf5 --experiment_name demo \
   --shuffle --use_multiepoch_sampler --num_workers 1 --batch_size 32 --num_D_steps 1 \
   --G_ch 8 --D_ch 8 --G_shared --shared_dim 32 --hier --dim_z 32 --G_attn 0 --D_attn 0 \
   --G_lr 2e-4 --D_lr 2e-4 --ema --use_ema --ema_start 200 --ema_decay 0.999 --G_eval_mode \
-  --num_epochs 8 --save_every 500 --test_every 0 --log_every 25 "$@"
+  --num_epochs 12 --save_every 625 --test_every 0 --log_every 25 "$@"
 python sample.py --experiment_name demo --sample_sheets --sample_interps --sample_random
 python logs/plot_logs.py --logs_root logs --experiment_name demo
 echo "Demo done: samples/demo/ (sheets, interpolations, random grid), logs/demo/plots/ (losses)"
