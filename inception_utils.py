@@ -473,9 +473,10 @@ def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision'
     `moments_path` is the dataset's moments file (see `moments_file`). Raises
     FileNotFoundError or ValueError saying what to do.
     """
-    _load_weights(inception, inception_weights)
+    resolve_inception_weights(inception, inception_weights)  # cheap checks first
     if not no_fid:
         load_moments(moments_file(moments_path, inception), inception)
+    _load_weights(inception, inception_weights)
 
 
 def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvision',

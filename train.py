@@ -105,12 +105,22 @@ def build_optimizers(G: nn.Module, D: nn.Module, config: dict, device: torch.dev
     return G_optim, D_optim
 
 
+def weights_source(path: str) -> tuple[str, Optional[str]]:
+    """(run folder, suffix) named by --load_weights: a folder, or one of its G/G_ema/D files."""
+    if not os.path.isfile(path):
+        return path, None
+    root, name = os.path.split(path)
+    stem = name[:-len('.pth')] if name.endswith('.pth') else name
+    for prefix in ('G_ema', 'G', 'D'):  # G_ema first: 'G_ema_best0' is not G with 'ema_best0'
+        if stem == prefix or stem.startswith(prefix + '_'):
+            return root, stem[len(prefix) + 1:] or None
+    raise ValueError(f'--load_weights {path}: expected a run folder or one of its G, G_ema or '
+                     f'D files (e.g. weights/<run>/G_best0.pth)')
+
+
 def load_for_finetuning(G, D, G_ema, path: str) -> None:
     """Load a run's weights, re-initialising class embeddings whose class count differs."""
-    root, suffix = path, None
-    if os.path.isfile(path):  # e.g. weights/run/G_best0.pth
-        root, name = os.path.split(path)
-        suffix = name[len('G_'):-len('.pth')] if name.startswith('G_') else None
+    root, suffix = weights_source(path)
     for net, name in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
         fname = os.path.join(root, f'{name}_{suffix}.pth' if suffix else f'{name}.pth')
         if net is None or (name == 'G_ema' and not os.path.exists(fname)):
@@ -123,8 +133,8 @@ def load_for_finetuning(G, D, G_ema, path: str) -> None:
             if in_embedding and key in own and own[key].shape != state[key].shape:
                 state[key] = own[key]  # a new class count: keep the fresh initialisation
         utils.load_state_checked(net, state, True, fname)
-    if G_ema is not None and not os.path.exists(os.path.join(root, 'G_ema.pth')):
-        G_ema.load_state_dict(G.state_dict())  # a run without EMA: start the EMA at G
+        if name == 'G' and G_ema is not None:
+            G_ema.load_state_dict(G.state_dict())  # a run without EMA: start the EMA at G
 
 
 def install_stop_handlers() -> dict:
@@ -248,11 +258,14 @@ def run(config: dict) -> dict:
         last_save = os.path.join(config['weights_root'], name)
     multiepoch = config['use_multiepoch_sampler']
     itrs_per_epoch = max(len(loader.dataset) // (D_batch_size * world_size), 1)
-    # A run resumed mid-epoch continues that epoch at the batch where it stopped.
-    start_batch = 0 if multiepoch else state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
+    # A run resumed mid-epoch continues that epoch at the batch where it stopped (unless the
+    # counters do not fit this dataset, e.g. a 2019 run resumed on other data: then anew).
+    start_batch = state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
+    if multiepoch or not 0 <= start_batch < itrs_per_epoch:
+        start_batch = 0
     while state_dict['epoch'] < config['num_epochs']:
         if not multiepoch:
-            loader.sampler.set_epoch(state_dict['epoch'], max(start_batch, 0))
+            loader.sampler.set_epoch(state_dict['epoch'], start_batch)
             start_batch = 0
         bar = tqdm(loader, disable=not is_main, desc=f"epoch {state_dict['epoch']}",
                    dynamic_ncols=True, file=sys.stdout)

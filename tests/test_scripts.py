@@ -12,7 +12,8 @@ import utils
 from conftest import ROOT
 
 SCRIPTS = ROOT / 'scripts'
-LAUNCHERS = sorted(SCRIPTS.glob('launch_*.sh'))
+# The 2019 launchers (the demo launcher runs several commands; tested on its own below).
+LAUNCHERS = sorted(p for p in SCRIPTS.glob('launch_*.sh') if p.name != 'launch_demo.sh')
 RUN_SCRIPTS = LAUNCHERS + sorted(SCRIPTS.glob('sample_*.sh'))
 
 
@@ -71,7 +72,7 @@ def test_script_shape(path):
     assert f'cd "$(dirname "$0"){up}"' in text
     assert text.rstrip().endswith('"$@"')
     assert os.access(path, os.X_OK), f'{path.name} is not executable'
-    if path.parent == SCRIPTS:
+    if path.name.startswith('launch_'):  # training launchers say how to use DDP
         assert 'torchrun --nproc_per_node=N' in text
 
 
@@ -223,3 +224,15 @@ def test_plot_logs_missing_experiment(tmp_path, capsys, monkeypatch):
         plot_logs.main()
     assert exc.value.code == 1
     assert "no logs for experiment 'nope'" in capsys.readouterr().err
+
+
+def test_demo_launcher_commands_parse():
+    """The demo packs with make_hdf5.py, trains with train.py, samples and plots."""
+    import make_hdf5
+    commands = {c[0]: c[1:] for c in script_commands(SCRIPTS / 'launch_demo.sh')}
+    assert list(commands) == ['make_hdf5.py', 'train.py', 'sample.py', 'logs/plot_logs.py']
+    assert make_hdf5.parse_args(commands['make_hdf5.py']).make_demo == 'data/demo'
+    config = vars(utils.prepare_parser().parse_args(commands['train.py']))
+    assert config['dataset'] == 'data/demo_32.hdf5' and config['experiment_name'] == 'demo'
+    assert config['ema'] and config['use_ema'] and config['test_every'] == 0
+    assert commands['sample.py'][:2] == ['--experiment_name', 'demo']

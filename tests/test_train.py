@@ -197,3 +197,13 @@ def test_2019_run_folder_resumes_with_its_optimizer_state(tmp_path):
 def test_help_lists_every_flag():
     text = utils.prepare_parser().format_help()
     assert '--logstyle' in text and '%3.3e' in text and '--num_standing_accumulations' in text
+
+
+def test_load_weights_names_a_folder_or_a_file(tmp_path):
+    for name in ('G_ema_best0.pth', 'G_best0.pth', 'D_copy1.pth', 'G.pth'):
+        (tmp_path / name).write_bytes(b'')
+    assert train.weights_source(str(tmp_path / 'G_ema_best0.pth')) == (str(tmp_path), 'best0')
+    assert train.weights_source(str(tmp_path / 'G_best0.pth')) == (str(tmp_path), 'best0')
+    assert train.weights_source(str(tmp_path / 'D_copy1.pth')) == (str(tmp_path), 'copy1')
+    assert train.weights_source(str(tmp_path / 'G.pth')) == (str(tmp_path), None)
+    assert train.weights_source(str(tmp_path)) == (str(tmp_path), None)
