@@ -132,8 +132,12 @@ def _subdirs(path: Path) -> list[os.DirEntry]:
                       key=lambda e: e.name)
 
 
-def find_classes(root: str | os.PathLike) -> list[str]:
-    """Sorted class subfolder names of an image folder; raises on layouts that mislabel data."""
+def find_classes(root: str | os.PathLike, single_class_ok: bool = False) -> list[str]:
+    """Sorted class subfolder names of an image folder; raises on layouts that mislabel data.
+
+    One class is an error (every label 0 is the classic mistake) unless `single_class_ok`,
+    for unconditional data: one subfolder holding all the images.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'image folder {root} does not exist (or is not a folder)')
@@ -146,19 +150,21 @@ def find_classes(root: str | os.PathLike) -> list[str]:
                          f'into class subfolders (one subfolder is not enough: see below).')
     if not classes:
         raise ValueError(f'{root} is empty: no class subfolders; {layout}.')
-    if len(classes) == 1:
+    if len(classes) == 1 and not (single_class_ok and not _subdirs(root / classes[0])):
         inner = root / classes[0]
         hint = (f'it looks nested one level too deep: point --dataset at {inner}'
-                if _subdirs(inner) else 'a one-class folder would label every image 0')
+                if _subdirs(inner) else 'a one-class folder would label every image 0 (for '
+                'unconditional data that is what you want: pass --unconditional)')
         raise ValueError(f'{root} has only one class subfolder ({classes[0]!r}); {hint}. '
                          f'{layout}.')
     return classes
 
 
-def find_images(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
+def find_images(root: str | os.PathLike, single_class_ok: bool = False
+                ) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, label) pairs of a class-per-subfolder image folder in sorted order, and classes."""
     root = Path(root)
-    classes = find_classes(root)
+    classes = find_classes(root, single_class_ok)
     samples = []
     for label, name in enumerate(classes):
         with os.scandir(root / name) as it:
@@ -214,9 +220,12 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
 
 # ----------------------------------------------------------------------------- resolving
 
-def resolve_dataset(dataset: str, data_root: str = 'data',
-                    resolution: int | None = None) -> DatasetSpec:
-    """A 2019 dataset name, or the path of an image folder / .hdf5 file, as a DatasetSpec."""
+def resolve_dataset(dataset: str, data_root: str = 'data', resolution: int | None = None,
+                    single_class_ok: bool = False) -> DatasetSpec:
+    """A 2019 dataset name, or the path of an image folder / .hdf5 file, as a DatasetSpec.
+
+    `single_class_ok` accepts a folder with one class subfolder (unconditional data).
+    """
     if dataset in DATASETS:
         spec = DATASETS[dataset]
         if resolution and resolution != spec.resolution:
@@ -237,7 +246,7 @@ def resolve_dataset(dataset: str, data_root: str = 'data',
         if not resolution:
             raise ValueError(f'{path} is an image folder: give the training resolution with '
                              f'--resolution (e.g. 32, 64, 128)')
-        n_classes = len(find_classes(path))
+        n_classes = len(find_classes(path, single_class_ok))
     else:
         info = inspect_hdf5(path)
         if resolution and resolution != info.resolution:
@@ -285,8 +294,8 @@ class ImageFolderDataset(ImageDataset):
     """A class-per-subfolder image folder, decoded on the fly (or all at once: load_in_mem)."""
 
     def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False,
-                 load_in_mem: bool = False):
-        samples, self.classes = find_images(root)
+                 load_in_mem: bool = False, single_class_ok: bool = False):
+        samples, self.classes = find_images(root, single_class_ok)
         super().__init__([label for _, label in samples], augment)
         self.paths = [p for p, _ in samples]
         self.resolution = resolution
@@ -354,7 +363,8 @@ def build_dataset(spec: DatasetSpec, augment: bool = False,
                              f'images but {spec.name} is {spec.resolution}x{spec.resolution}; '
                              f'repack it with make_hdf5.py')
         return dataset
-    dataset = ImageFolderDataset(spec.path, spec.resolution, augment, load_in_mem)
+    dataset = ImageFolderDataset(spec.path, spec.resolution, augment, load_in_mem,
+                                 single_class_ok=spec.n_classes == 1)
     if len(dataset.classes) != spec.n_classes:
         raise ValueError(f'{spec.path} has {len(dataset.classes)} class folders but {spec.name} '
                          f'expects {spec.n_classes}; to train on this folder as it is, pass its '
@@ -447,12 +457,13 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
                      shuffle: bool = True, load_in_mem: bool = False, pin_memory: bool = True,
                      drop_last: bool = True, start_itr: int = 0, num_epochs: int = 500,
                      use_multiepoch_sampler: bool = False, seed: int = 0, rank: int = 0,
-                     world_size: int = 1, **kwargs) -> list[DataLoader]:
+                     world_size: int = 1, unconditional: bool = False,
+                     **kwargs) -> list[DataLoader]:
     """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
 
     Other run-config keys in kwargs are ignored (train.py passes its whole config).
     """
-    spec = resolve_dataset(dataset, data_root, resolution)
+    spec = resolve_dataset(dataset, data_root, resolution, single_class_ok=unconditional)
     data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,

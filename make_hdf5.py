@@ -68,9 +68,10 @@ class PackResult:
 
 def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int,
                 batch_size: int = 256, num_workers: int = 16, chunk_size: int = 500,
-                compression: bool = False, progress: bool = True) -> PackResult:
+                compression: bool = False, progress: bool = True,
+                single_class_ok: bool = False) -> PackResult:
     """Pack a class-per-subfolder image folder into `output` (see the module docstring)."""
-    samples, classes = find_images(folder)
+    samples, classes = find_images(folder, single_class_ok)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + '.partial')
@@ -123,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--num_workers', type=int, default=16, help='decoding processes')
     p.add_argument('--chunk_size', type=int, default=500, help='HDF5 chunk length (images)')
     p.add_argument('--compression', action='store_true', help='LZF-compress the file')
+    p.add_argument('--unconditional', action='store_true',
+                   help='accept a folder with a single class subfolder (unconditional data)')
     p.add_argument('--resolution', type=int, default=None,
                    help='output size; required for a folder path (named datasets fix it)')
     p.add_argument('--output', default='',
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     if named is not None and named.kind != 'folder':
         raise SystemExit(f'{args.dataset} is not an image folder dataset: make_hdf5.py packs '
                          f'I32/I64/I128/I256 or a folder path')
-    spec = resolve_dataset(args.dataset, args.data_root, args.resolution)
+    spec = resolve_dataset(args.dataset, args.data_root, args.resolution, args.unconditional)
     if spec.kind != 'folder':
         raise SystemExit(f'{spec.path} is already an HDF5 file')
     if named is not None:
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     # Pack.
     print(f'Packing {spec.path} at {spec.resolution}x{spec.resolution} into {output}')
     result = pack_folder(spec.path, output, spec.resolution, args.batch_size, args.num_workers,
-                         args.chunk_size, args.compression)
+                         args.chunk_size, args.compression,
+                         single_class_ok=args.unconditional)
     if result.skipped:
         print(f'Skipped {len(result.skipped)} unreadable images (listed in {result.log_path}):')
         for line in result.skipped[:10]:

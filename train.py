@@ -55,7 +55,7 @@ def prepare_config(config: dict) -> dict:
         print(note)
     utils.update_config_roots(config)
     spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
-                                    config['resolution'] or None)
+                                    config['resolution'] or None, config['unconditional'])
     config['resolution'] = spec.resolution
     config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
     config['classes_per_sheet'] = min(spec.classes_per_sheet, config['n_classes'])

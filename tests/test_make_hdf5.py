@@ -146,3 +146,21 @@ def test_named_dataset_and_demo_command_lines(tmp_path, capsys):
     assert resolve_dataset(str(tmp_path / 'demo_16.hdf5')).resolution == 16
     with pytest.raises(SystemExit, match='not an image folder dataset'):
         make_hdf5.main(['--dataset', 'I128_hdf5'])
+
+
+def test_one_class_folder_packs_only_when_unconditional(tmp_path):
+    import h5py
+    import numpy as np
+    from PIL import Image
+
+    from make_hdf5 import pack_folder
+    folder = tmp_path / 'faces' / 'all'
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(folder / f'{i}.png')
+    with pytest.raises(ValueError, match='--unconditional'):
+        pack_folder(tmp_path / 'faces', tmp_path / 'x.hdf5', 16, num_workers=0, progress=False)
+    result = pack_folder(tmp_path / 'faces', tmp_path / 'x.hdf5', 16, num_workers=0,
+                         progress=False, single_class_ok=True)
+    with h5py.File(result.path) as f:
+        assert f.attrs['n_classes'] == 1 and list(f['labels'][:]) == [0, 0, 0]

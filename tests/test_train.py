@@ -207,3 +207,24 @@ def test_load_weights_names_a_folder_or_a_file(tmp_path):
     assert train.weights_source(str(tmp_path / 'D_copy1.pth')) == (str(tmp_path), 'copy1')
     assert train.weights_source(str(tmp_path / 'G.pth')) == (str(tmp_path), None)
     assert train.weights_source(str(tmp_path)) == (str(tmp_path), None)
+
+
+def test_unconditional_training_on_a_one_class_folder(tmp_path):
+    """A folder of one class trains with --unconditional (no projection in D), else errors."""
+    from PIL import Image
+    folder = tmp_path / 'faces' / 'all'
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    flags = ['--dataset', str(tmp_path / 'faces'), '--resolution', '32', '--base_root',
+             str(tmp_path / 'run'), '--experiment_name', 'uncond', *TINY_FLAGS,
+             '--num_epochs', '1', '--save_every', '2']
+    with pytest.raises(ValueError, match='--unconditional'):
+        train.main(flags)
+    state = train.main(flags + ['--unconditional'])
+    assert state['itr'] == 2
+    saved = utils.load_file(str(tmp_path / 'run' / 'weights' / 'uncond' / 'D.pth'))
+    assert 'embed.weight' not in saved and 'linear.weight' in saved
+    config = json.loads((tmp_path / 'run' / 'weights' / 'uncond' / 'config.json').read_text())
+    assert config['n_classes'] == 1
