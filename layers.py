@@ -259,7 +259,8 @@ class ccbn(StoredStatsNorm):
 
     def __init__(self, output_size: int, input_size: int, which_linear: Callable,
                  eps: float = 1e-5, momentum: float = 0.1, mybn: bool = False,
-                 norm_style: str = 'bn', **unused_2019_args):
+                 norm_style: str = 'bn', cross_replica: bool = False):
+        # cross_replica: accepted as 2019 callers pass it; syncing is `use_sync_batchnorm`'s.
         super().__init__()
         self.output_size, self.input_size = output_size, input_size
         self.gain = which_linear(input_size, output_size)
@@ -300,7 +301,8 @@ class bn(StoredStatsNorm):
     """Unconditional BN with its own `gain` (ones) and `bias` (zeros) parameters."""
 
     def __init__(self, output_size: int, eps: float = 1e-5, momentum: float = 0.1,
-                 mybn: bool = False, **unused_2019_args):
+                 mybn: bool = False, cross_replica: bool = False):
+        # cross_replica: accepted as 2019 callers pass it; syncing is `use_sync_batchnorm`'s.
         super().__init__()
         self.output_size = output_size
         self.gain = nn.Parameter(torch.ones(output_size))
