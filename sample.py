@@ -90,10 +90,6 @@ def parse_flags(argv: Optional[list[str]]) -> tuple[dict, dict]:
     return args, vars(parser.parse_args(argv))
 
 
-def _pth(name: str, suffix: Optional[str]) -> str:
-    return f'{name}_{suffix}.pth' if suffix else f'{name}.pth'
-
-
 def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
     """(run folder, the G*.pth file given by --weights or None)."""
     if weights:
@@ -120,7 +116,7 @@ def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
 
 def read_run(run_dir: Path, suffix: Optional[str]) -> tuple[Optional[dict], int]:
     """(config saved with the run or None, its iteration): config.json, else state_dict.pth."""
-    state_path = run_dir / _pth('state_dict', suffix)
+    state_path = run_dir / utils.checkpoint_file('state_dict', suffix)
     state = utils.load_file(str(state_path)) if state_path.is_file() else {}
     if (run_dir / 'config.json').is_file():
         with open(run_dir / 'config.json') as f:
@@ -167,9 +163,10 @@ def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
     run_dir, weights_file = find_run(utils.update_config_roots(dict(args)), weights)
     suffix = args['load_weights'] or None
     if weights_file is not None:  # G_ema_best0.pth -> suffix best0
-        stem = weights_file.stem
-        suffix = stem[len('G_ema'):] if stem.startswith('G_ema') else stem[len('G'):]
-        suffix = suffix.lstrip('_') or None
+        try:
+            suffix = utils.checkpoint_suffix(weights_file.name)
+        except ValueError as err:
+            raise SampleError(f'--weights: {err}') from None
     saved, itr = read_run(run_dir, suffix)
     config = dict(args)
     if saved is None:
@@ -184,7 +181,7 @@ def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
     resolve_data(config, given, saved)
     if weights_file is None:
         which = 'G_ema' if config['ema'] and config['use_ema'] else 'G'
-        weights_file = run_dir / _pth(which, suffix)
+        weights_file = run_dir / utils.checkpoint_file(which, suffix)
     if not weights_file.is_file():
         has = ', '.join(sorted(p.name for p in run_dir.glob('*.pth'))) or 'no .pth files'
         hint = (' (the run has no EMA copy: sample G with --no_use_ema)'

@@ -110,19 +110,18 @@ def weights_source(path: str) -> tuple[str, Optional[str]]:
     if not os.path.isfile(path):
         return path, None
     root, name = os.path.split(path)
-    stem = name[:-len('.pth')] if name.endswith('.pth') else name
-    for prefix in ('G_ema', 'G', 'D'):  # G_ema first: 'G_ema_best0' is not G with 'ema_best0'
-        if stem == prefix or stem.startswith(prefix + '_'):
-            return root, stem[len(prefix) + 1:] or None
-    raise ValueError(f'--load_weights {path}: expected a run folder or one of its G, G_ema or '
-                     f'D files (e.g. weights/<run>/G_best0.pth)')
+    try:
+        return root, utils.checkpoint_suffix(name)
+    except ValueError as err:
+        raise ValueError(f'--load_weights {path}: expected a run folder or a file in one; '
+                         f'{err}') from None
 
 
 def load_for_finetuning(G, D, G_ema, path: str) -> None:
     """Load a run's weights, re-initialising class embeddings whose class count differs."""
     root, suffix = weights_source(path)
     for net, name in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
-        fname = os.path.join(root, f'{name}_{suffix}.pth' if suffix else f'{name}.pth')
+        fname = os.path.join(root, utils.checkpoint_file(name, suffix))
         if net is None or (name == 'G_ema' and not os.path.exists(fname)):
             continue
         state = utils.load_file(fname)

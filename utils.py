@@ -390,8 +390,18 @@ def toggle_grad(model: nn.Module, on: bool) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def _suffixed(name: str, suffix: Optional[str]) -> str:
+def checkpoint_file(name: str, suffix: Optional[str]) -> str:
+    """File name of a checkpoint part: G.pth, or with a copy suffix G_best0.pth."""
     return f'{name}_{suffix}.pth' if suffix else f'{name}.pth'
+
+
+def checkpoint_suffix(filename: str) -> Optional[str]:
+    """The copy suffix of a G/G_ema/D file name (G_ema_best0.pth -> best0, G.pth -> None)."""
+    stem = filename[:-len('.pth')] if filename.endswith('.pth') else filename
+    for prefix in ('G_ema', 'G', 'D'):  # G_ema first: 'G_ema_best0' is not G with 'ema_best0'
+        if stem == prefix or stem.startswith(prefix + '_'):
+            return stem[len(prefix) + 1:] or None
+    raise ValueError(f'{filename} is not a G, G_ema or D checkpoint file (e.g. G_best0.pth)')
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -428,7 +438,7 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
     files += [('G_ema', G_ema.state_dict())] if G_ema is not None else []
     state = dict(state_dict, config=plain_config(state_dict.get('config', {})), **(extra or {}))
     for name, obj in files + [('state_dict', state)]:
-        atomic_save(obj, os.path.join(root, _suffixed(name, name_suffix)))
+        atomic_save(obj, os.path.join(root, checkpoint_file(name, name_suffix)))
     return root
 
 
@@ -450,12 +460,13 @@ def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dic
     for name, target in targets:
         if target is None:
             continue
-        loaded = load_file(os.path.join(root, _suffixed(name, name_suffix)))
+        path = os.path.join(root, checkpoint_file(name, name_suffix))
+        loaded = load_file(path)
         if name.endswith('optim'):
             target.load_state_dict(loaded)
         else:
-            load_state_checked(target, loaded, strict, f'{root}/{_suffixed(name, name_suffix)}')
-    saved = load_file(os.path.join(root, _suffixed('state_dict', name_suffix)))
+            load_state_checked(target, loaded, strict, path)
+    saved = load_file(os.path.join(root, checkpoint_file('state_dict', name_suffix)))
     for key in state_dict:
         if key in saved and key != 'config':
             state_dict[key] = saved[key]
