@@ -218,29 +218,44 @@ class StoredStatsNorm(nn.Module):
     def normalize(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable or None)."""
-        if self.training and getattr(self, 'sync_enabled', False):
-            out = _sync_batch_norm(self, x)
-            return out if gain is None else out * gain + bias
-        if not (self.training and (self.mybn or self.accumulate_standing)):
+        synced = self.training and getattr(self, 'sync_enabled', False)
+        if synced and x.device.type == 'cuda':
+            out = _pytorch_sync_batch_norm(self, x)
+        elif not (self.training and (synced or self.mybn or self.accumulate_standing)):
             # Statistics in fp32 even under autocast: F.batch_norm accumulates in fp32 and
             # keeps the fp32 stored stats (mixed-type BN).
             out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None,
                                self.training, self.momentum, self.eps)
-            return out if gain is None else out * gain + bias
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-        with torch.no_grad():
-            n = x.numel() // x.size(1)
-            stat_var = var if self.mybn else var * n / max(n - 1, 1)
-            if self.accumulate_standing:
-                self.stored_mean.add_(mean)
-                self.stored_var.add_(stat_var)
-                self.standing_count.add_(1)
-            else:
-                self.stored_mean.lerp_(mean, self.momentum)
-                self.stored_var.lerp_(stat_var, self.momentum)
-        ones = x.new_ones(()) if gain is None else gain
-        zeros = x.new_zeros(()) if bias is None else bias
-        return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1), ones, zeros, self.eps)
+        else:  # batch statistics computed here, in fp32: --mybn, standing stats, CPU sync
+            mean, var, bessel = _all_reduced_stats(self, x) if synced else _local_stats(x)
+            self._record_stats(mean, var, bessel)
+            return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1),
+                            1.0 if gain is None else gain, 0.0 if bias is None else bias,
+                            self.eps)
+        return out if gain is None else out * gain + bias
+
+    @torch.no_grad()
+    def _record_stats(self, mean: torch.Tensor, var: torch.Tensor, bessel) -> None:
+        """Fold batch stats into the stored ones: summed (standing) or by momentum.
+
+        `var` is the biased batch variance; `bessel` = n / (n - 1) makes it unbiased, as
+        F.batch_norm stores it (2019's --mybn stored the biased one).
+        """
+        stat_var = var if self.mybn else var * bessel
+        if self.accumulate_standing:
+            self.stored_mean.add_(mean)
+            self.stored_var.add_(stat_var)
+            self.standing_count.add_(1)
+        else:
+            self.stored_mean.lerp_(mean, self.momentum)
+            self.stored_var.lerp_(stat_var, self.momentum)
+
+
+def _local_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """fp32 per-channel mean, biased variance and Bessel factor of x [B, C, H, W]."""
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+    n = x.numel() // x.size(1)
+    return mean, var, n / max(n - 1, 1)
 
 
 def _load_2019_bn_keys(state_dict, prefix, *args) -> None:
@@ -425,15 +440,21 @@ def local_batchnorm(net: nn.Module):
             m.sync_enabled = True
 
 
-def _sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:
-    """Batch norm over the whole global batch (every rank), updating norm's stored stats."""
+def _pytorch_sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:
+    """PyTorch's SyncBatchNorm over all ranks, updating norm's stored stats in place."""
     sync = norm.sync_bn
-    if x.device.type == 'cuda':
-        sync.running_mean, sync.running_var = norm.stored_mean, norm.stored_var
-        return sync(x)
-    # PyTorch's SyncBatchNorm is GPU-only: on CPU (gloo) all-reduce the sums with autograd.
+    sync.running_mean, sync.running_var = norm.stored_mean, norm.stored_var
+    return sync(x)
+
+
+def _all_reduced_stats(norm: StoredStatsNorm, x: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, biased variance and Bessel factor over every rank's batch (with autograd).
+
+    PyTorch's SyncBatchNorm is GPU-only: on CPU (gloo) all-reduce the sums ourselves.
+    """
     import torch.distributed.nn.functional as dist_fn
-    group = sync.process_group or torch.distributed.group.WORLD
+    group = norm.sync_bn.process_group or torch.distributed.group.WORLD
     xf = x.float()
     n = torch.full((1,), xf.numel() // xf.size(1), dtype=torch.float32, device=x.device)
     stats = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), n])
@@ -441,9 +462,4 @@ def _sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:
     C = x.size(1)
     count = stats[2 * C]
     mean = stats[:C] / count
-    var = stats[C:2 * C] / count - mean.square()
-    with torch.no_grad():
-        norm.stored_mean.lerp_(mean, norm.momentum)
-        norm.stored_var.lerp_(var * count / (count - 1).clamp(min=1), norm.momentum)
-    ones = x.new_ones(())
-    return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1), ones, ones * 0, norm.eps)
+    return mean, stats[C:2 * C] / count - mean.square(), count / (count - 1).clamp(min=1)
