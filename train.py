@@ -249,6 +249,14 @@ def run(config: dict) -> dict:
                 if net is not None:
                     net.train(not on)
 
+    def save() -> None:
+        nonlocal last_save
+        eval_mode(True)
+        train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict, config,
+                                  name, optims, extra_state())
+        last_save = os.path.join(config['weights_root'], name)
+        eval_mode(False)
+
     # Train:
     stop = install_stop_handlers()
     last_save = 'none yet'
@@ -262,6 +270,7 @@ def run(config: dict) -> dict:
     start_batch = state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
     if multiepoch or not 0 <= start_batch < itrs_per_epoch:
         start_batch = 0
+    stopping = False
     while state_dict['epoch'] < config['num_epochs']:
         if not multiepoch:
             loader.sampler.set_epoch(state_dict['epoch'], start_batch)
@@ -298,11 +307,7 @@ def run(config: dict) -> dict:
             stopping = stop['signal'] is not None
             saving = config['save_every'] > 0 and (itr % config['save_every'] == 0 or stopping)
             if saving and is_main:
-                eval_mode(True)
-                train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict,
-                                          config, name, optims, extra_state())
-                last_save = os.path.join(config['weights_root'], name)
-                eval_mode(False)
+                save()
             if config['test_every'] > 0 and itr % config['test_every'] == 0:
                 eval_mode(True)
                 record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
@@ -314,15 +319,15 @@ def run(config: dict) -> dict:
                               f"{record['IS_std']:.3f}, FID {record['FID']}")
                 eval_mode(False)
             if stopping:
-                bar.write(f"signal {stop['signal']}: saved at iteration {itr}, exiting")
-                return state_dict
-        if multiepoch:  # one pass of the multi-epoch sampler covers every epoch
+                bar.write(f"signal {stop['signal']}: exiting at iteration {itr}"
+                          + (', saved' if saving else ' (--save_every 0: not saved)'))
+                break
+        if multiepoch or stopping:  # one multi-epoch sampler pass covers every epoch
             break
         state_dict['epoch'] += 1
-    if is_main and config['save_every'] > 0 and state_dict['itr'] % config['save_every']:
-        eval_mode(True)
-        train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict, config,
-                                  name, optims, extra_state())
+    ended_unsaved = config['save_every'] > 0 and state_dict['itr'] % config['save_every']
+    if is_main and ended_unsaved and not stopping:
+        save()
     if world_size > 1:
         dist.destroy_process_group()
     return state_dict
