@@ -11,6 +11,9 @@ the packer's main process, and of its largest decoding worker (RUSAGE_CHILDREN: 
 over the reaped workers, not a sum). Peak RSS includes torch's import footprint (a few
 hundred MiB), so the import-time RSS is printed too; run two --n_images to see that memory
 does not grow with the number of images.
+
+Last, the packed file is read back as training reads it: shuffled batches of 256 from
+`datasets.get_data_loaders` in this process (no loader workers), images/s over one pass.
 """
 import argparse
 import json
@@ -65,6 +68,21 @@ def pack(folder: Path, out_dir: Path, resolution: int, workers: int, compression
     return json.loads(line[len('BENCH '):])
 
 
+def read_speed(path: Path) -> float:
+    """Images/s of one shuffled pass over a packed file through the training loader."""
+    import warnings
+
+    import datasets
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the compressed-file warning: this measures it
+        loader = datasets.get_data_loaders(str(path), batch_size=256, num_workers=0,
+                                           drop_last=False)[0]
+    start, n = time.perf_counter(), 0
+    for x, _ in loader:
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
 def main() -> None:
     """Make the folder, pack it with each worker count, print a table."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -90,6 +108,9 @@ def main() -> None:
             print(f'{workers:>7} {r["seconds"]:>8.2f} {args.n_images / r["seconds"]:>9.0f} '
                   f'{r["import_kib"] / 1024:>18.0f} MiB {r["main_kib"] / 1024:>10.0f} MiB '
                   f'{r["worker_kib"] / 1024:>12.0f} MiB')
+        packed = next((Path(tmp) / f'out{args.workers[-1]}').glob('*.hdf5'))
+        print(f'Shuffled reads of {packed.name} through the training loader (one process): '
+              f'{read_speed(packed):.0f} images/s')
 
 
 if __name__ == '__main__':

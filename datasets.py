@@ -19,6 +19,7 @@ Example:
     x, y = next(iter(loader))  # x: float32 [64, 3, 32, 32] in [-1, 1], y: int64 [64]
 """
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,8 @@ class HDF5Info:
     resolution: int
     n_classes: int
     labels: np.ndarray
+    compression: str | None = None  # the imgs filter, e.g. 'lzf'
+    chunk_images: int = 0  # images per imgs chunk (0: not chunked)
 
 
 def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5Info:
@@ -205,7 +208,8 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
             if key not in f:
                 raise ValueError(f'{path} has no {key!r} dataset (it has {sorted(f.keys())}); '
                                  f'pack it with make_hdf5.py, which writes imgs and labels')
-        shape = f['imgs'].shape
+        shape, chunks = f['imgs'].shape, f['imgs'].chunks
+        compression = f['imgs'].compression
         labels = f['labels'][()].astype(np.int64)
         n_classes = n_classes or int(f.attrs.get('n_classes', 0)) or int(labels.max()) + 1
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
@@ -215,7 +219,8 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f'{path}: labels span [{labels.min()}, {labels.max()}] but must lie in '
                          f'[0, {n_classes}); the file and the class count disagree')
-    return HDF5Info(shape[0], shape[2], n_classes, labels)
+    return HDF5Info(shape[0], shape[2], n_classes, labels, compression,
+                    chunks[0] if chunks else 0)
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -320,6 +325,7 @@ class HDF5Dataset(ImageDataset):
         if load_in_mem:
             with h5py.File(self.path, 'r') as f:
                 self.imgs = f['imgs'][()]
+        self.chunk_images, self.compression = info.chunk_images, info.compression
         self._imgs, self._pid = None, None  # h5py dataset of this process's own handle
 
     def image(self, index: int) -> np.ndarray:
@@ -327,8 +333,20 @@ class HDF5Dataset(ImageDataset):
             return self.imgs[index]
         # An h5py handle must not cross a fork: reopen in every new process.
         if self._pid != os.getpid():
-            self._imgs, self._pid = h5py.File(self.path, 'r')['imgs'], os.getpid()
+            self._imgs, self._pid = self._open_images(), os.getpid()
         return self._imgs[index]
+
+    def _open_images(self) -> h5py.Dataset:
+        """`imgs` opened for single-image reads in shuffled order.
+
+        HDF5 caches whole chunks (500 images by default). An uncompressed chunk that fits the
+        cache (HDF5 2.0's 8 MiB holds a 64x64 one) is read whole for every random image and
+        evicted by the next: 60x slower than reading the one image directly, which a cache of
+        size 0 makes HDF5 do. A compressed chunk must be decompressed whole anyway: there the
+        default cache at least serves sequential (unshuffled) reads.
+        """
+        cache = {} if self.compression else {'rdcc_nbytes': 0}
+        return h5py.File(self.path, 'r', **cache)['imgs']
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, '_imgs': None, '_pid': None}
@@ -465,6 +483,13 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
     """
     spec = resolve_dataset(dataset, data_root, resolution, single_class_ok=unconditional)
     data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem)
+    if shuffle and isinstance(data, HDF5Dataset) and data.compression and data.imgs is None:
+        warnings.warn(
+            f'{spec.path} is {data.compression}-compressed and --load_in_mem is off: every '
+            f'shuffled image read decompresses a whole chunk of {data.chunk_images} images '
+            f'(chunks of 500 on a 2-core CPU: 48 img/s per loader worker at 64x64, 8 img/s at '
+            f'128x128), which starves training of data. Pass --load_in_mem, or repack '
+            f'without --compression.', stacklevel=2)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,
                                     world_size, shuffle)
