@@ -268,6 +268,10 @@ def run(config: dict) -> dict:
     # A run resumed mid-epoch continues that epoch at the batch where it stopped (unless the
     # counters do not fit this dataset, e.g. a 2019 run resumed on other data: then anew).
     start_batch = state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
+    if not multiepoch and start_batch == itrs_per_epoch:
+        # Saved at an epoch's last iteration, before the loop moved on to the next epoch.
+        state_dict['epoch'] += 1
+        start_batch = 0
     if multiepoch or not 0 <= start_batch < itrs_per_epoch:
         start_batch = 0
     stopping = False

@@ -141,6 +141,28 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, data_fil
             torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize('stop_epochs', ['1', '2'])
+def test_epoch_sampler_resume_at_an_epoch_end_continues_with_the_next_epoch(
+        tmp_path, data_file, stop_epochs):
+    """A run saved at an epoch's last iteration resumes at the next epoch (not a replay).
+
+    The default sampler reshuffles per epoch; the resumed run's losses and weights must be
+    the uninterrupted run's."""
+    straight = tmp_path / 'straight'
+    train.main(run_flags(straight, data_file, '--num_epochs', '3', '--save_every', '4'))
+    split = tmp_path / 'split'
+    train.main(run_flags(split, data_file, '--num_epochs', stop_epochs, '--save_every', '4'))
+    state = train.main(run_flags(split, data_file, '--num_epochs', '3', '--save_every', '4',
+                                 '--resume'))
+    assert (state['itr'], state['epoch']) == (12, 3)
+    assert _loss_lines(split / 'run') == _loss_lines(straight / 'run')
+    for name in ('G', 'D', 'G_ema'):
+        a = utils.load_file(str(straight / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        b = utils.load_file(str(split / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
 def test_sigterm_saves_before_exit(tmp_path, data_file):
     cmd = [sys.executable, str(ROOT / 'train.py'),
            *run_flags(tmp_path, data_file, '--num_epochs', '1000', '--save_every', '100000')]
@@ -228,3 +250,29 @@ def test_unconditional_training_on_a_one_class_folder(tmp_path):
     assert 'embed.weight' not in saved and 'linear.weight' in saved
     config = json.loads((tmp_path / 'run' / 'weights' / 'uncond' / 'config.json').read_text())
     assert config['n_classes'] == 1
+
+
+def test_2019_fp16_flags_train_with_grad_scalers_that_resume(tmp_path, data_file, capsys):
+    """--G_fp16/--D_fp16 map onto --amp fp16; the scalers' state is saved and restored."""
+    flags = run_flags(tmp_path, data_file, '--G_fp16', '--D_fp16', '--save_every', '4')
+    train.main(flags + ['--num_epochs', '1'])
+    assert '--amp fp16' in capsys.readouterr().out  # the note says what replaced the flags
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    saved = utils.load_file(str(weights / 'state_dict.pth'))
+    assert saved['config']['amp'] == 'fp16'
+    assert {'G_scaler', 'D_scaler'} <= set(saved) and saved['G_scaler']['scale'] > 0
+    restored = {}
+    original = torch.amp.GradScaler.load_state_dict
+
+    def spy(scaler, state):
+        restored.setdefault('states', []).append(state)
+        return original(scaler, state)
+    torch.amp.GradScaler.load_state_dict = spy
+    try:
+        state = train.main(flags + ['--num_epochs', '2', '--resume'])
+    finally:
+        torch.amp.GradScaler.load_state_dict = original
+    assert state['itr'] == 8
+    assert restored['states'] == [saved['G_scaler'], saved['D_scaler']]
+    G_loss = (tmp_path / 'run' / 'logs' / 'tiny' / 'G_loss.log').read_text().splitlines()
+    assert all(np.isfinite(float(line.split(':')[1])) for line in G_loss)
