@@ -1,9 +1,11 @@
 """Tests of train_fns.py and the regularisers/EMA in utils.py: the step obeys SPEC §3."""
 import copy
+import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import BigGAN
 import train_fns
@@ -202,3 +204,46 @@ def test_bf16_step_runs_and_keeps_fp32_weights():
     losses = train(torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)))
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(p.dtype == torch.float32 for p in G.parameters())
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records every op that copies a tensor's value to the host (.item(), bool(), float())."""
+
+    SYNCS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+
+    def __init__(self, exempt: set):
+        super().__init__()
+        self.exempt, self.calls = exempt, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS and args[0].data_ptr() not in self.exempt:
+            self.calls.append(''.join(traceback.format_stack(limit=6)[:-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('amp', ['none', 'bf16'])
+def test_the_whole_iteration_makes_no_host_syncs(amp):
+    """D steps, accumulation, ortho reg, G step, EMA: nothing waits for the device.
+
+    Exempt: Adam's `step` counters, which live on the host in non-fused Adam (fused Adam on
+    CUDA keeps them on the device). fp16 is not checked: GradScaler reads found_inf on the host
+    unless the optimizer is fused (CUDA), where the check runs in the kernel.
+    """
+    torch.manual_seed(0)
+    config = step_config(num_D_steps=2, num_D_accumulations=2, num_G_accumulations=2,
+                         G_ortho=1e-4, D_ortho=1e-4)
+    G, D, G_ema = (BigGAN.Generator(**TINY), BigGAN.Discriminator(**TINY),
+                   BigGAN.Generator(**TINY))
+    optims = [torch.optim.Adam(net.parameters(), lr=1e-4) for net in (G, D)]
+    state = {'itr': 1}
+    train = train_fns.GAN_training_function(
+        G, D, BigGAN.G_D(G, D), *optims, utils.Latents(4, G.dim_z, 3),
+        utils.ema(G, G_ema, 0.9, 0), state, config,
+        train_fns.Precision.from_config(amp, torch.device('cpu')))
+    x, y = torch.rand(16, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (16,))
+    train(x, y)  # creates Adam's state
+    adam_steps = {o.state[p]['step'].data_ptr() for o in optims for p in o.state}
+    state['itr'] += 1
+    with _HostSyncs(adam_steps) as syncs:
+        train(x, y)
+    assert not syncs.calls, syncs.calls[0]
