@@ -404,45 +404,59 @@ class MultiEpochSampler(Sampler[int]):
 
     The epochs form one stream cut into global batches of batch_size * world_size (batches
     run across epoch ends, so none is short); rank r takes slice r of each global batch.
-    Only the current epoch's permutation is held, not all epochs at once.
+    With `minibatches` > 1 (D steps x accumulations) each global batch is that many global
+    minibatches and rank r takes slice r of each, so N ranks see exactly the minibatches one
+    process with the N-times batch sees. Only the current epoch's permutation is held.
     """
 
     def __init__(self, num_samples: int, num_epochs: int, batch_size: int, start_itr: int = 0,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 minibatches: int = 1):
+        _check_minibatches(batch_size, minibatches)
         self.num_samples, self.num_epochs, self.batch_size = num_samples, num_epochs, batch_size
         self.start_itr, self.seed, self.shuffle = start_itr, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.minibatches = rank, world_size, minibatches
         self.num_itrs = num_samples * num_epochs // (batch_size * world_size)
 
     def __len__(self) -> int:
         return max(0, self.num_itrs - self.start_itr) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        global_batch = self.batch_size * self.world_size
+        slice_len = self.batch_size // self.minibatches  # one rank's part of a minibatch
         epoch, order = -1, None
         for itr in range(self.start_itr, self.num_itrs):
-            start = itr * global_batch + self.rank * self.batch_size
-            for pos in range(start, start + self.batch_size):
-                pos_epoch, offset = divmod(pos, self.num_samples)
-                if pos_epoch != epoch:
-                    epoch = pos_epoch
-                    order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
-                yield int(order[offset])
+            for m in range(self.minibatches):
+                start = ((itr * self.minibatches + m) * self.world_size + self.rank) * slice_len
+                for pos in range(start, start + slice_len):
+                    pos_epoch, offset = divmod(pos, self.num_samples)
+                    if pos_epoch != epoch:
+                        epoch = pos_epoch
+                        order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+                    yield int(order[offset])
+
+
+def _check_minibatches(batch_size: int, minibatches: int) -> None:
+    if minibatches < 1 or batch_size % minibatches:
+        raise ValueError(f'a batch of {batch_size} cannot be cut into {minibatches} equal '
+                         f'minibatches')
 
 
 class EpochSampler(Sampler[int]):
     """One epoch per pass, epoch k in the order epoch_order(seed, k); advances each pass.
 
     With world_size > 1 every rank takes its slice of each full global batch (the short
-    global batch at the end is dropped so all ranks step together). `set_epoch(k, b)`
+    global batch at the end is dropped so all ranks step together), or with `minibatches`
+    > 1 its slice of each global minibatch, as MultiEpochSampler does. `set_epoch(k, b)`
     resumes at batch b of epoch k.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True):
+                 world_size: int = 1, shuffle: bool = True, minibatches: int = 1):
+        _check_minibatches(batch_size, minibatches)
         self.num_samples, self.batch_size, self.seed, self.shuffle = (num_samples, batch_size,
                                                                       seed, shuffle)
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, 0, 0
+        self.minibatches = minibatches
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next pass be epoch `epoch`, from its batch `start_batch` (for resuming)."""
@@ -464,8 +478,9 @@ class EpochSampler(Sampler[int]):
             yield from order[skip:].tolist()
             return
         n = self._epoch_length()
-        batches = order[:n * self.world_size].reshape(-1, self.world_size, self.batch_size)
-        yield from batches[:, self.rank].reshape(-1)[skip:].tolist()
+        slices = order[:n * self.world_size].reshape(-1, self.minibatches, self.world_size,
+                                                     self.batch_size // self.minibatches)
+        yield from slices[:, :, self.rank].reshape(-1)[skip:].tolist()
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -475,10 +490,12 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
                      shuffle: bool = True, load_in_mem: bool = False, pin_memory: bool = True,
                      drop_last: bool = True, start_itr: int = 0, num_epochs: int = 500,
                      use_multiepoch_sampler: bool = False, seed: int = 0, rank: int = 0,
-                     world_size: int = 1, unconditional: bool = False,
+                     world_size: int = 1, unconditional: bool = False, minibatches: int = 1,
                      **kwargs) -> list[DataLoader]:
     """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
 
+    `minibatches`: how many minibatches train.py cuts each batch into (D steps x
+    accumulations); under DDP each rank's batch holds its slice of every global minibatch.
     Other run-config keys in kwargs are ignored (train.py passes its whole config).
     """
     spec = resolve_dataset(dataset, data_root, resolution, single_class_ok=unconditional)
@@ -492,9 +509,10 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
             f'without --compression.', stacklevel=2)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,
-                                    world_size, shuffle)
+                                    world_size, shuffle, minibatches)
     else:
-        sampler = EpochSampler(len(data), batch_size, seed, rank, world_size, shuffle)
+        sampler = EpochSampler(len(data), batch_size, seed, rank, world_size, shuffle,
+                               minibatches)
     # The generator seeds the workers' RNGs, which draw the augmentations.
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

@@ -209,10 +209,12 @@ def run(config: dict) -> dict:
             train_log.truncate_after(state_dict['itr'])
 
     # Data:
-    D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+    minibatches = config['num_D_steps'] * config['num_D_accumulations']
+    D_batch_size = config['batch_size'] * minibatches
     loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
                                           'start_itr': state_dict['itr'], 'rank': rank,
-                                          'world_size': world_size})[0]
+                                          'world_size': world_size,
+                                          'minibatches': minibatches})[0]
 
     # Training function, fixed samples, metrics:
     latents = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,

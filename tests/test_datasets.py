@@ -256,6 +256,32 @@ def test_multiepoch_sampler_shards_across_ranks():
     assert resumed == ranks[1][3 * b:]
 
 
+@pytest.mark.parametrize('multiepoch', [True, False])
+def test_ranks_take_their_slice_of_every_minibatch(multiepoch):
+    """With 3 minibatches per batch (D steps x accumulations) rank r's minibatch m is slice r
+    of the single process's minibatch m: under DDP each accumulation pass sees the images it
+    would see in one process (SN's power iteration advances per pass, so this matters)."""
+    n, world, mb, slice_len = 50, 2, 3, 2
+
+    def sampler(batch, rank=0, world_size=1, **kw):
+        if multiepoch:
+            return MultiEpochSampler(n, 2, batch, seed=4, rank=rank, world_size=world_size,
+                                     minibatches=mb, **kw)
+        return EpochSampler(n, batch, seed=4, rank=rank, world_size=world_size,
+                            minibatches=mb)
+    single = list(sampler(mb * slice_len * world))
+    ranks = [list(sampler(mb * slice_len, r, world)) for r in range(world)]
+    assert len(ranks[0]) == len(ranks[1])
+    for k in range(len(ranks[0]) // slice_len):  # k counts (iteration, minibatch) pairs
+        together = sum((ranks[r][k * slice_len:(k + 1) * slice_len] for r in range(world)), [])
+        assert together == single[k * world * slice_len:(k + 1) * world * slice_len]
+    if multiepoch:  # and a resumed rank continues its own order
+        resumed = list(sampler(mb * slice_len, 1, world, start_itr=2))
+        assert resumed == ranks[1][2 * mb * slice_len:]
+    with pytest.raises(ValueError, match='minibatches'):
+        sampler(7)
+
+
 def test_epoch_sampler_reshuffles_each_pass_and_resumes_by_epoch():
     sampler = EpochSampler(10, 3, seed=1)
     first, second = list(sampler), list(sampler)

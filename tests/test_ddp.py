@@ -1,4 +1,5 @@
 """DDP on the CPU (gloo): 2 ranks train exactly like 1 process with the doubled batch."""
+import socket
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,25 @@ def run_torchrun(tmp_path, flags):
     return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
 
 
+def run_two_nodes(tmp_path, flags):
+    """`torchrun --nnodes 2 --nproc_per_node 1` twice on this host: two nodes, one rank each."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / 'harness.py'
+    script.write_text(HARNESS.format(root=str(ROOT), out=str(tmp_path)))
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', f'--node_rank={node}',
+         '--nproc_per_node=1', '--master_addr=127.0.0.1', f'--master_port={port}', str(script),
+         *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for node in range(2)]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    for proc, err in zip(procs, errors):
+        assert proc.returncode == 0, err[-3000:]
+    return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
+
+
 def max_diff(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
@@ -71,8 +91,15 @@ def ddp_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('ddp')
     data = write_hdf5(tmp / 'tiny.hdf5', n=16)
     common = ['--dataset', str(data), '--base_root', str(tmp / 'base'), *FLAGS]
+    accumulate = ['--num_D_accumulations', '2', '--num_G_accumulations', '2']
     runs = {'synced': run_torchrun(tmp / 'synced', common + ['--batch_size', '2',
                                                              '--cross_replica']),
+            'two_nodes': run_two_nodes(tmp / 'nodes', common + ['--batch_size', '2',
+                                                                '--cross_replica']),
+            'accumulated': run_torchrun(tmp / 'accumulated',
+                                        common + accumulate + ['--batch_size', '2',
+                                                               '--cross_replica']),
+            'single_accumulated': run_single(common + accumulate + ['--batch_size', '4']),
             'local_bn': run_torchrun(tmp / 'local', common + ['--batch_size', '2']),
             'single': run_single(common + ['--batch_size', '4']),
             'initial': run_single(common + ['--batch_size', '4', '--num_epochs', '0'])}
@@ -92,6 +119,25 @@ def test_two_ranks_equal_one_process_with_the_full_batch(ddp_runs):
     for net in ('G', 'D', 'G_ema'):
         assert max_diff(r0[net], single[net]) < 2e-5, net
         assert max_diff(single[net], initial[net]) > 1e-3, net  # training really moved it
+
+
+def test_two_nodes_train_like_two_local_ranks(ddp_runs):
+    """--nnodes 2 (one rank per node, rendezvous over TCP) gives the one-node result."""
+    nodes, local = ddp_runs['two_nodes'], ddp_runs['synced']
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(nodes[0][net], nodes[1][net]) == 0, net
+        assert max_diff(nodes[0][net], local[0][net]) < 1e-6, net
+
+
+def test_accumulation_under_ddp_equals_one_process(ddp_runs):
+    """no_sync on all but the last minibatch: the all-reduced sum is still the full gradient."""
+    r0, r1 = ddp_runs['accumulated']
+    single = ddp_runs['single_accumulated']
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(r0[net], r1[net]) == 0, net
+        assert max_diff(r0[net], single[net]) < 2e-5, net
+    for net in ('G', 'D'):  # 2 iterations: G_ema (decay 0.9999) has barely moved
+        assert max_diff(single[net], ddp_runs['initial'][net]) > 1e-3, net
 
 
 def test_per_rank_batch_norm_differs_from_the_full_batch(ddp_runs):
