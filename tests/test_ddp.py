@@ -1,4 +1,5 @@
 """DDP on the CPU (gloo): 2 ranks train exactly like 1 process with the doubled batch."""
+import os
 import socket
 import subprocess
 import sys
@@ -191,3 +192,18 @@ def test_inception_metrics_across_ranks_equal_one_process(tmp_path):
         assert got['IS'] == pytest.approx(is_acc.compute(), rel=1e-5)
         torch.testing.assert_close(got['moments'][0], mu, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got['moments'][1], sigma, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not os.environ.get('BIGGAN_SLOW_TESTS'),
+                    reason='torch.compile under DDP compiles for ~2 min on 2 CPU cores; '
+                           'set BIGGAN_SLOW_TESTS=1 to run it')
+def test_compiled_ddp_equals_one_eager_process(ddp_runs, tmp_path):
+    """--compile with DDP and --cross_replica: the same weights as the eager single process."""
+    data = tmp_path / 'tiny.hdf5'
+    write_hdf5(data, n=16)
+    flags = ['--dataset', str(data), '--base_root', str(tmp_path / 'base'), *FLAGS]
+    r0, r1 = run_torchrun(tmp_path / 'compiled',
+                          flags + ['--batch_size', '2', '--cross_replica', '--compile'])
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(r0[net], r1[net]) == 0, net
+        assert max_diff(r0[net], ddp_runs['single'][net]) < 2e-5, net
