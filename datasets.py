@@ -6,8 +6,9 @@ forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
 `load_image` (RGB, centre crop on the long edge, PIL bilinear resize, as the 2019 release's
 torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
 identical pixels. `--augment` shifts by up to R/8 pixels (reflect padding) and flips
-left-right, on folder, HDF5 and CIFAR data alike. `make_demo_folder` writes the built-in demo
-dataset (`python make_hdf5.py --make_demo data/demo` writes and packs it).
+left-right, on folder, HDF5 and CIFAR data alike, drawn from (seed, position in the data
+stream) so that worker counts and resuming do not change it. `make_demo_folder` writes the
+built-in demo dataset (`python make_hdf5.py --make_demo data/demo` writes and packs it).
 
 Samplers: `MultiEpochSampler` (`--use_multiepoch_sampler`) makes the data order a pure
 function of (seed, iteration), so a resumed run sees the uninterrupted run's batches;
@@ -111,14 +112,20 @@ def to_float(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0)
 
 
-def random_crop_flip(x: torch.Tensor) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment: shift by up to R/8 pixels (reflect padding), then flip left-right half the time."""
     r = x.shape[-1]
     p = max(1, r // 8)
     padded = F.pad(x[None], (p, p, p, p), mode='reflect')[0]
-    i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+    i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
     x = padded[:, i:i + r, j:j + r]
-    return x.flip(-1) if torch.rand(()) < 0.5 else x
+    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
+
+
+def draw_generator(seed: int, draw: int) -> torch.Generator:
+    """The RNG of one draw of the data stream: augmentations as a pure function of (seed, draw)."""
+    state = np.random.SeedSequence([seed, draw]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 # ----------------------------------------------------------------------------- folders
@@ -271,6 +278,7 @@ class ImageDataset(Dataset):
     def __init__(self, labels: np.ndarray, augment: bool = False):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.augment = augment
+        self.augment_seed = 0  # get_data_loaders sets the run's seed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -279,9 +287,16 @@ class ImageDataset(Dataset):
         """The uint8 [3, R, R] image at index."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Image and label at `key`: an index, or (index, draw) from a sampler with draws=True,
+        whose augmentation then depends only on (augment_seed, draw), not on which loader
+        worker reads it or whether the run was resumed."""
+        index, draw = key if isinstance(key, tuple) else (key, None)
         x = to_float(self.image(index))
-        return (random_crop_flip(x) if self.augment else x), int(self.labels[index])
+        if self.augment:
+            gen = None if draw is None else draw_generator(self.augment_seed, draw)
+            x = random_crop_flip(x, gen)
+        return x, int(self.labels[index])
 
 
 class ArrayDataset(ImageDataset):
@@ -407,15 +422,17 @@ class MultiEpochSampler(Sampler[int]):
     With `minibatches` > 1 (D steps x accumulations) each global batch is that many global
     minibatches and rank r takes slice r of each, so N ranks see exactly the minibatches one
     process with the N-times batch sees. Only the current epoch's permutation is held.
+    With `draws` it yields (index, position in the stream) pairs (see ImageDataset).
     """
 
     def __init__(self, num_samples: int, num_epochs: int, batch_size: int, start_itr: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 minibatches: int = 1):
+                 minibatches: int = 1, draws: bool = False):
         _check_minibatches(batch_size, minibatches)
         self.num_samples, self.num_epochs, self.batch_size = num_samples, num_epochs, batch_size
         self.start_itr, self.seed, self.shuffle = start_itr, seed, shuffle
         self.rank, self.world_size, self.minibatches = rank, world_size, minibatches
+        self.draws = draws
         self.num_itrs = num_samples * num_epochs // (batch_size * world_size)
 
     def __len__(self) -> int:
@@ -432,7 +449,7 @@ class MultiEpochSampler(Sampler[int]):
                     if pos_epoch != epoch:
                         epoch = pos_epoch
                         order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
-                    yield int(order[offset])
+                    yield (int(order[offset]), pos) if self.draws else int(order[offset])
 
 
 def _check_minibatches(batch_size: int, minibatches: int) -> None:
@@ -447,16 +464,18 @@ class EpochSampler(Sampler[int]):
     With world_size > 1 every rank takes its slice of each full global batch (the short
     global batch at the end is dropped so all ranks step together), or with `minibatches`
     > 1 its slice of each global minibatch, as MultiEpochSampler does. `set_epoch(k, b)`
-    resumes at batch b of epoch k.
+    resumes at batch b of epoch k. With `draws` it yields (index, draw) pairs, the draw
+    numbering epoch k's positions k * num_samples + i (see ImageDataset).
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, minibatches: int = 1):
+                 world_size: int = 1, shuffle: bool = True, minibatches: int = 1,
+                 draws: bool = False):
         _check_minibatches(batch_size, minibatches)
         self.num_samples, self.batch_size, self.seed, self.shuffle = (num_samples, batch_size,
                                                                       seed, shuffle)
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, 0, 0
-        self.minibatches = minibatches
+        self.minibatches, self.draws = minibatches, draws
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next pass be epoch `epoch`, from its batch `start_batch` (for resuming)."""
@@ -470,17 +489,21 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return max(self._epoch_length() - self.start_batch * self.batch_size, 0)
 
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
-        skip, self.start_batch = self.start_batch * self.batch_size, 0
-        self.epoch += 1
-        if self.world_size == 1:
-            yield from order[skip:].tolist()
-            return
-        n = self._epoch_length()
-        slices = order[:n * self.world_size].reshape(-1, self.minibatches, self.world_size,
-                                                     self.batch_size // self.minibatches)
-        yield from slices[:, :, self.rank].reshape(-1)[skip:].tolist()
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self.start_batch * self.batch_size
+        self.epoch, self.start_batch = self.epoch + 1, 0
+        positions = np.arange(self.num_samples)
+        if self.world_size > 1:
+            n = self._epoch_length()
+            slices = positions[:n * self.world_size].reshape(
+                -1, self.minibatches, self.world_size, self.batch_size // self.minibatches)
+            positions = slices[:, :, self.rank].reshape(-1)
+        positions = positions[skip:]
+        indices = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)[positions]
+        if self.draws:
+            yield from zip(indices.tolist(), (epoch * self.num_samples + positions).tolist())
+        else:
+            yield from indices.tolist()
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -509,11 +532,13 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
             f'without --compression.', stacklevel=2)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,
-                                    world_size, shuffle, minibatches)
+                                    world_size, shuffle, minibatches, draws=augment)
     else:
         sampler = EpochSampler(len(data), batch_size, seed, rank, world_size, shuffle,
-                               minibatches)
-    # The generator seeds the workers' RNGs, which draw the augmentations.
+                               minibatches, draws=augment)
+    # Augmentations are drawn per stream position, from the run's seed: the same crops and
+    # flips whatever the worker count, on every rank count, and after a resume.
+    data.augment_seed = seed
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=pin_memory and torch.cuda.is_available(),

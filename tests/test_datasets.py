@@ -418,3 +418,36 @@ def test_compressed_shuffled_reads_warn_and_give_the_same_batches(tmp_path):
         warnings.simplefilter('error')  # in memory, or read in order: nothing to warn about
         get_data_loaders(lzf, load_in_mem=True, **kw)
         get_data_loaders(lzf, shuffle=False, **kw)
+
+
+@pytest.mark.parametrize('multiepoch', [True, False])
+def test_augmented_batches_repeat_across_workers_and_resume(tmp_path, multiepoch):
+    """--augment crops and flips are a function of (seed, draw): worker count and resuming
+    change nothing, while a new epoch (a new draw of the same image) re-augments it."""
+    h5 = str(random_hdf5(tmp_path / 'toy.hdf5', n=12, r=8))
+    kw = dict(batch_size=4, seed=5, augment=True, num_epochs=3,
+              use_multiepoch_sampler=multiepoch)
+
+    def stream(start_itr=0, start_epoch=0, start_batch=0, passes=3, **extra):
+        loader = get_data_loaders(h5, start_itr=start_itr, **kw, **extra)[0]
+        if multiepoch:
+            return batches(loader)
+        out = []
+        for epoch in range(start_epoch, passes):
+            loader.sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            out += batches(loader)
+        return out
+    reference = stream(num_workers=0)
+    assert len(reference) == 9
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reference, stream(num_workers=2)))
+    resumed = stream(4, num_workers=0) if multiepoch else stream(1, 1, 1, num_workers=0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(reference[4:], resumed)) and len(resumed) == 5
+    plain = get_data_loaders(h5, **{**kw, 'augment': False}, num_workers=0)[0]
+    if not multiepoch:
+        plain.sampler.set_epoch(0)
+    assert not torch.equal(reference[0][0], next(iter(plain))[0])  # it did augment
+    # One image, three epochs: three draws, not one augmentation repeated.
+    data = datasets.HDF5Dataset(h5, augment=True)
+    views = {data[(0, draw)][0].numpy().tobytes() for draw in (0, 12, 24, 36, 48)}
+    assert len(views) > 1

@@ -141,19 +141,21 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, data_fil
             torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize('stop_epochs', ['1', '2'])
+@pytest.mark.parametrize('stop_epochs, extra', [
+    ('1', []), ('2', []), ('1', ['--augment', '--num_workers', '2'])])
 def test_epoch_sampler_resume_at_an_epoch_end_continues_with_the_next_epoch(
-        tmp_path, data_file, stop_epochs):
+        tmp_path, data_file, stop_epochs, extra):
     """A run saved at an epoch's last iteration resumes at the next epoch (not a replay).
 
     The default sampler reshuffles per epoch; the resumed run's losses and weights must be
-    the uninterrupted run's."""
+    the uninterrupted run's, with --augment and loader workers too."""
     straight = tmp_path / 'straight'
-    train.main(run_flags(straight, data_file, '--num_epochs', '3', '--save_every', '4'))
+    train.main(run_flags(straight, data_file, '--num_epochs', '3', '--save_every', '4', *extra))
     split = tmp_path / 'split'
-    train.main(run_flags(split, data_file, '--num_epochs', stop_epochs, '--save_every', '4'))
+    train.main(run_flags(split, data_file, '--num_epochs', stop_epochs, '--save_every', '4',
+                         *extra))
     state = train.main(run_flags(split, data_file, '--num_epochs', '3', '--save_every', '4',
-                                 '--resume'))
+                                 '--resume', *extra))
     assert (state['itr'], state['epoch']) == (12, 3)
     assert _loss_lines(split / 'run') == _loss_lines(straight / 'run')
     for name in ('G', 'D', 'G_ema'):
