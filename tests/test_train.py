@@ -278,3 +278,18 @@ def test_2019_fp16_flags_train_with_grad_scalers_that_resume(tmp_path, data_file
     assert restored['states'] == [saved['G_scaler'], saved['D_scaler']]
     G_loss = (tmp_path / 'run' / 'logs' / 'tiny' / 'G_loss.log').read_text().splitlines()
     assert all(np.isfinite(float(line.split(':')[1])) for line in G_loss)
+
+
+def test_bf16_channels_last_run_saves_a_plain_checkpoint(tmp_path, data_file):
+    """--amp bf16 --channels_last trains on the CPU too; its checkpoint is fp32 state a
+    default (contiguous, fp32) run resumes from."""
+    fast = ['--amp', 'bf16', '--channels_last', '--save_every', '4']
+    state = train.main(run_flags(tmp_path, data_file, *fast, '--num_epochs', '1'))
+    assert state['itr'] == 4
+    G_state = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'G.pth'))
+    assert all(v.dtype in (torch.float32, torch.int64) for v in G_state.values())
+    losses = (tmp_path / 'run' / 'logs' / 'tiny' / 'D_loss_real.log').read_text().splitlines()
+    assert len(losses) == 4 and all(np.isfinite(float(x.split(':')[1])) for x in losses)
+    state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--save_every', '4',
+                                 '--resume'))
+    assert state['itr'] == 8
