@@ -23,7 +23,8 @@ Outputs (<exp> is the run folder's name):
     logs/<exp>_trunc_curves.{jsonl,png}  IS/FID per truncation t (rewritten per sweep)
 <itr> is --sample_sheet_folder_num, or the run's iteration when -1. --sample_trunc_curves
 start_step_end draws z with the paper's truncation trick (entries with |z_i| > t redrawn until
-all lie within t); every other mode draws z ~ N(0, z_var^2). The sweep runs last: with
+all lie within t); every other mode draws z ~ N(0, z_var^2), or with --truncation t the
+truncated z as well (e.g. --truncation 0.5 --sample_npz --sample_sheets). The sweep runs last: with
 --accumulate_stats it re-accumulates standing stats at each t, as the 2019 script did.
 G runs under the run's --amp (bf16/fp16 autocast; --amp none for fp32), Inception never does.
 """
@@ -323,6 +324,11 @@ def run(argv: Optional[list[str]] = None) -> dict:
         raise SampleError(f"nothing to do: give one or more of --{', --'.join(MODES)}")
     spec = config['sample_trunc_curves']
     truncations = truncation_values(spec) if spec else []
+    t = config['truncation']
+    if t < 0 or (t > 0 and config['z_var'] != 1.0):
+        raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
+                          f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
+                          f"{config['z_var']}")
     if config['sample_inception_metrics'] or truncations:
         import inception_utils  # only when asked: it loads Inception code and weights
         inception_args = (config.get('moments_path', ''), config['inception'],
@@ -348,7 +354,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
     print(f"Loaded {weights_file} (itr {itr}): G in {'eval' if config['G_eval_mode'] else 'train'}"
           f" mode, {config['amp'] if dtype else 'fp32'}, on {device}, batches of {B}")
     utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
-    latents = utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var'])
+    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, t) if t > 0 else
+               utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var']))
     out_dir = os.path.join(config['samples_root'], name)
     folder = itr if config['sample_sheet_folder_num'] == -1 else config['sample_sheet_folder_num']
     done = {'weights': str(weights_file), 'config': config}
@@ -389,11 +396,11 @@ def run(argv: Optional[list[str]] = None) -> dict:
             if config['sample_sheets']:
                 done['sheets'] = utils.sample_sheet(
                     G, config['classes_per_sheet'], config['n_classes'], 10,
-                    config['samples_root'], name, folder, device)
+                    config['samples_root'], name, folder, device, t)
             if config['sample_interps']:  # z and class together, z only, class only
                 done['interps'] = [utils.interp_sheet(
                     G, 16, 8, config['n_classes'], config['samples_root'], name, folder, 0,
-                    fix_z, fix_y, device) for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
+                    fix_z, fix_y, device, t) for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
         if config['sample_random']:
             done['random'] = os.path.join(out_dir, 'random_samples.jpg')
             save_grid(make_sample(G, net, latents, amp)()[0], done['random'])
@@ -403,7 +410,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
         if 'random' in done:
             print(f"Wrote {done['random']}")
         if config['sample_inception_metrics']:
-            done['metrics'] = metrics(latents, z_var=config['z_var'])
+            done['metrics'] = metrics(latents, **({'truncation': t} if t > 0 else
+                                                  {'z_var': config['z_var']}))
             utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_sample_metrics.jsonl')
                                 ).log(done['metrics'])
         if truncations:

@@ -175,6 +175,8 @@ SAMPLE_FLAGS = [
     Flag('sample_random', False, SWITCH, 'a random sample grid'),
     Flag('sample_trunc_curves', '', str, 'IS/FID over truncation start_step_end'),
     Flag('sample_inception_metrics', False, SWITCH, 'IS/FID of the model'),
+    Flag('truncation', 0.0, float, 'truncation trick for npz, sheets, interps, random grid '
+         'and --sample_inception_metrics: z entries with |z_i| > t redrawn (0: off)'),
 ]
 
 # Keys a run config holds that no flag sets: derived from the data, or 2019 objects.
@@ -582,6 +584,14 @@ class Latents:
         return self.z, self.y
 
 
+def draw_z(shape: tuple, device: Union[str, torch.device] = 'cpu', truncation: float = 0.0
+           ) -> torch.Tensor:
+    """z ~ N(0, 1), truncated at `truncation` when it is > 0 (the paper's truncation trick)."""
+    if truncation > 0:
+        return truncated_normal(shape, truncation, device)
+    return torch.randn(shape, device=device)
+
+
 def truncated_normal(shape: tuple, truncation: float, device: Union[str, torch.device] = 'cpu',
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """N(0, 1) samples with every entry |z_i| > truncation redrawn until all lie within it."""
@@ -635,13 +645,14 @@ def _save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
 @torch.no_grad()
 def sample_sheet(G: nn.Module, classes_per_sheet: int, num_classes: int,
                  samples_per_class: int, samples_root: str, experiment_name: str,
-                 folder_number: int, device: Union[str, torch.device] = 'cpu') -> list[str]:
+                 folder_number: int, device: Union[str, torch.device] = 'cpu',
+                 truncation: float = 0.0) -> list[str]:
     """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns."""
     paths = []
     for i in range(max(num_classes // classes_per_sheet, 1)):
         classes = min(classes_per_sheet, num_classes)
         y = torch.arange(i * classes, (i + 1) * classes, device=device)
-        ims = [G(torch.randn(classes, G.dim_z, device=device), G.shared(y))
+        ims = [G(draw_z((classes, G.dim_z), device, truncation), G.shared(y))
                for _ in range(samples_per_class)]
         out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
         paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
@@ -660,16 +671,17 @@ def interp(x0: torch.Tensor, x1: torch.Tensor, num_midpoints: int) -> torch.Tens
 def interp_sheet(G: nn.Module, num_per_sheet: int, num_midpoints: int, num_classes: int,
                  samples_root: str, experiment_name: str, folder_number: int,
                  sheet_number: int = 0, fix_z: bool = False, fix_y: bool = False,
-                 device: Union[str, torch.device] = 'cpu') -> Optional[str]:
+                 device: Union[str, torch.device] = 'cpu', truncation: float = 0.0
+                 ) -> Optional[str]:
     """Interpolation sheet interp{Z}{Y}{n}.jpg: rows go from one (z, class) to another."""
     n, steps = num_per_sheet, num_midpoints + 2
     if not fix_y and not isinstance(G.shared, nn.Embedding):
         return None  # without a shared embedding there is no class vector to interpolate
     if fix_z:
-        zs = torch.randn(n, 1, G.dim_z, device=device).repeat(1, steps, 1)
+        zs = draw_z((n, 1, G.dim_z), device, truncation).repeat(1, steps, 1)
     else:
-        zs = interp(torch.randn(n, 1, G.dim_z, device=device),
-                    torch.randn(n, 1, G.dim_z, device=device), num_midpoints)
+        zs = interp(draw_z((n, 1, G.dim_z), device, truncation),
+                    draw_z((n, 1, G.dim_z), device, truncation), num_midpoints)
     y0 = G.shared(torch.randint(0, num_classes, (n,), device=device)).view(n, 1, -1)
     if fix_y:
         ys = y0.repeat(1, steps, *[1] * (y0.dim() - 2))

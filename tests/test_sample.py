@@ -150,6 +150,49 @@ def test_trunc_curves_and_metrics(base, monkeypatch):
     assert done['metrics']['IS_std'] == 0.1
 
 
+def test_truncation_applies_to_npz_sheets_interps_and_metrics(base, tmp_path, monkeypatch):
+    """--truncation t: the npz holds G(z) for truncated z; sheets and interps draw truncated
+    z; the metrics record names t."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # CPU draws to replay
+    fake_inception(monkeypatch, [])
+    calls = []
+    real = utils.truncated_normal
+
+    def spy(shape, truncation, *args, **kwargs):
+        calls.append(truncation)
+        return real(shape, truncation, *args, **kwargs)
+    monkeypatch.setattr(utils, 'truncated_normal', spy)
+    shutil.copytree(base / 'weights', tmp_path / 'weights')
+    done = sample.run(sample_args(tmp_path, '--truncation', '0.5', '--sample_npz',
+                                  '--sample_num_npz', '8', '--G_batch_size', '8',
+                                  '--G_eval_mode'))
+    G = sample.load_generator(done['config'], tmp_path / 'weights' / NAME / 'G_ema.pth',
+                              torch.device('cpu'))
+    utils.seed_rng(done['config']['seed'])  # replay: z truncated at 0.5
+    z, y = sample.TruncatedLatents(8, G.dim_z, 10, torch.device('cpu'), 0.5).sample_()
+    assert z.abs().max() <= 0.5
+    with torch.no_grad():
+        expected = sample.to_uint8(G(z, G.shared(y))).numpy()
+    with np.load(done['npz']) as f:
+        np.testing.assert_array_equal(f['y'], y.numpy())
+        assert np.abs(f['x'].astype(int) - expected).max() <= 1
+    calls.clear()
+    done = sample.run(sample_args(tmp_path, '--truncation', '0.5', '--sample_sheets',
+                                  '--sample_interps', '--sample_inception_metrics',
+                                  '--num_inception_images', '8', '--G_batch_size', '8'))
+    # One draw per sheet column (10), 2+2+1 for the interps, then the metrics batch.
+    assert len(calls) == 10 + 5 + 1 and set(calls) == {0.5}
+    assert done['metrics']['truncation'] == 0.5 and 'z_var' not in done['metrics']
+
+
+def test_truncation_errors(base, capsys):
+    assert 'positive' in error_of(sample_args(base, '--sample_random', '--truncation', '-1'),
+                                  capsys)
+    err = error_of(sample_args(base, '--sample_random', '--truncation', '0.5', '--z_var', '2'),
+                   capsys)
+    assert '--z_var' in err
+
+
 def test_2019_run_folder_samples_from_G_ema(tmp_path):
     fixture = shared_file('fixtures/run2019/weights/run2019/G_ema.pth').parents[2]
     shutil.copytree(fixture, tmp_path / 'run2019')
