@@ -523,7 +523,8 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
     """
     spec = resolve_dataset(dataset, data_root, resolution, single_class_ok=unconditional)
     data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem)
-    if shuffle and isinstance(data, HDF5Dataset) and data.compression and data.imgs is None:
+    slow_reads = isinstance(data, HDF5Dataset) and data.compression and data.imgs is None
+    if shuffle and slow_reads and rank == 0:
         warnings.warn(
             f'{spec.path} is {data.compression}-compressed and --load_in_mem is off: every '
             f'shuffled image read decompresses a whole chunk of {data.chunk_images} images '
