@@ -438,7 +438,7 @@ class MultiEpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return max(0, self.num_itrs - self.start_itr) * self.batch_size
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         slice_len = self.batch_size // self.minibatches  # one rank's part of a minibatch
         epoch, order = -1, None
         for itr in range(self.start_itr, self.num_itrs):
