@@ -112,6 +112,16 @@ def _loss_lines(run_dir: Path) -> list[str]:
     return (run_dir / 'logs' / 'tiny' / 'G_loss.log').read_text().splitlines()
 
 
+def assert_same_run(resumed: Path, straight: Path) -> None:
+    """The resumed run logged the same losses and ended with the same G, D and G_ema."""
+    assert _loss_lines(resumed / 'run') == _loss_lines(straight / 'run')
+    for name in ('G', 'D', 'G_ema'):
+        a = utils.load_file(str(straight / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        b = utils.load_file(str(resumed / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, data_file):
     """Killed with SIGKILL mid-training, --resume continues to the same losses and weights."""
     flags = ['--num_epochs', '6', '--save_every', '3', '--use_multiepoch_sampler']
@@ -133,12 +143,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, data_fil
     assert 0 < resumed_from < 24
 
     train.main(run_flags(killed, data_file, *flags, '--resume'))
-    assert _loss_lines(killed / 'run') == _loss_lines(straight / 'run')
-    for name in ('G', 'D', 'G_ema'):
-        a = utils.load_file(str(straight / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
-        b = utils.load_file(str(killed / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert_same_run(killed, straight)
 
 
 @pytest.mark.parametrize('stop_epochs, extra', [
@@ -157,12 +162,7 @@ def test_epoch_sampler_resume_at_an_epoch_end_continues_with_the_next_epoch(
     state = train.main(run_flags(split, data_file, '--num_epochs', '3', '--save_every', '4',
                                  '--resume', *extra))
     assert (state['itr'], state['epoch']) == (12, 3)
-    assert _loss_lines(split / 'run') == _loss_lines(straight / 'run')
-    for name in ('G', 'D', 'G_ema'):
-        a = utils.load_file(str(straight / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
-        b = utils.load_file(str(split / 'run' / 'weights' / 'tiny' / f'{name}.pth'))
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert_same_run(split, straight)
 
 
 def test_sigterm_saves_before_exit(tmp_path, data_file):
