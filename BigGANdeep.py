@@ -18,12 +18,14 @@ from BigGAN import G_D  # noqa: F401  (same wrapper; `BigGANdeep.G_D` is part of
 
 # resolution: (in_channels, out_channels, downsample, stage resolutions) as multiples of ch,
 # after the input conv (RGB -> in_channels[0]); stage resolutions as in the 2019 tables.
+# Every stage downsamples at 64/128/256, so D ends on a 4x4 map: 2019's tables list one more
+# True than there are stages and its loop reads the first len(out_channels) of them. At 32
+# the last stage keeps its 8x8 map (32 -> 16 -> 8 -> 8).
 D_CHANNELS = {
     32: ([4, 4, 4], [4, 4, 4], [True, True, False], [16, 16, 16]),
-    64: ([1, 2, 4, 8], [2, 4, 8, 16], [True] * 3 + [False], [32, 16, 8, 4]),
-    128: ([1, 2, 4, 8, 16], [2, 4, 8, 16, 16], [True] * 4 + [False], [64, 32, 16, 8, 4]),
-    256: ([1, 2, 4, 8, 8, 16], [2, 4, 8, 8, 16, 16], [True] * 5 + [False],
-          [128, 64, 32, 16, 8, 4]),
+    64: ([1, 2, 4, 8], [2, 4, 8, 16], [True] * 4, [32, 16, 8, 4]),
+    128: ([1, 2, 4, 8, 16], [2, 4, 8, 16, 16], [True] * 5, [64, 32, 16, 8, 4]),
+    256: ([1, 2, 4, 8, 8, 16], [2, 4, 8, 8, 16, 16], [True] * 6, [128, 64, 32, 16, 8, 4]),
 }
 
 

@@ -5,10 +5,54 @@ import pytest
 import torch
 
 import BigGANdeep
+from conftest import shared_file
 from model_check import check_reference, make_reference
 
 TINY = dict(model='BigGANdeep', G_ch=8, D_ch=8, G_depth=2, D_depth=2, dim_z=16, shared_dim=8,
             hier=True, G_shared=True, n_classes=3, G_attn='0', D_attn='0')
+
+
+@pytest.fixture(scope='module')
+def upstream_ref():
+    path = shared_file('fixtures/upstream_compat/biggandeep128_shared.pt')
+    return torch.load(path, weights_only=True)
+
+
+def test_loads_and_reproduces_the_2019_checkpoint(upstream_ref):
+    """A 2019 BigGAN-deep (128, depth 2, attention at 64): eval, train and buffers to 1e-4."""
+    check_reference(upstream_ref)
+
+
+def test_parameter_order_matches_2019(upstream_ref):
+    """Adam states in 2019 optimizer files are keyed by parameter order."""
+    cfg = upstream_ref['config']
+    for name, net in (('G', BigGANdeep.Generator(**cfg)), ('D', BigGANdeep.Discriminator(**cfg))):
+        params = [k for k, _ in net.named_parameters()]
+        assert [k for k in upstream_ref[name] if k in set(params)] == params
+
+
+# The map D's last stage ends on, per resolution: 2019's deep D downsamples in every stage
+# at 64/128/256 (4x4), and in the first two of three at 32 (8x8).
+D_FINAL_MAP = {32: 8, 64: 4, 128: 4, 256: 4}
+
+
+@pytest.mark.parametrize('res', sorted(D_FINAL_MAP))
+def test_D_stages_downsample_as_in_2019(res):
+    cfg = dict(TINY, resolution=res)
+    D = BigGANdeep.Discriminator(**cfg)
+    maps = []
+    for stage in D.blocks:
+        stage[0].register_forward_hook(lambda m, i, out: maps.append(out.shape[-1]))
+    with torch.no_grad():
+        D(torch.zeros(1, 3, res, res), torch.zeros(1, dtype=torch.long))
+    expected, size = [], res
+    for down in D.arch['downsample']:
+        size //= 2 if down else 1
+        expected.append(size)
+    assert maps == expected and maps[-1] == D_FINAL_MAP[res]
+    # Where D_attn puts attention: at 64-256 each stage's listed resolution is its output's.
+    if res > 32:
+        assert D.arch['resolution'] == maps
 
 
 @pytest.mark.parametrize('res', [32, 64, 128, 256])
