@@ -230,8 +230,8 @@ def make_sample(G: nn.Module, net: nn.Module, latents: utils.Latents, amp: Calla
         z, y = latents.sample_()
         with amp():
             images = net(z, G.shared(y))
-        if bar is not None:
-            bar.update(len(y))
+        if bar is not None:  # the last batch may be cut short by the caller
+            bar.update(min(len(y), bar.total - bar.n) if bar.total else len(y))
         return images, y
     return sample
 
@@ -277,7 +277,9 @@ def write_npz(path: str, sample: Callable, num: int) -> None:
                         'descr': np.lib.format.dtype_to_descr(x.dtype),
                         'fortran_order': False, 'shape': (num, *x.shape[1:])})
                 f.write(np.ascontiguousarray(x).tobytes())
-                labels.append(y[:len(x)].cpu())
+                # A copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is the
+                # tensor itself), which the next sample() overwrites.
+                labels.append(y[:len(x)].to('cpu', copy=True))
                 done += len(x)
         with zf.open('y.npy', 'w') as f:
             np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))

@@ -66,18 +66,25 @@ def test_npz_reads_the_config_from_the_run(base):
 
 
 def test_npz_matches_G_ema_outputs(base, monkeypatch):
+    """Each stored label is the one its image was generated from, over several batches on
+    the CPU (where .cpu() of the reused label buffer is the buffer itself, not a copy)."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # CPU draws to replay
-    done = sample.run(sample_args(base, '--sample_npz', '--sample_num_npz', '8',
+    done = sample.run(sample_args(base, '--sample_npz', '--sample_num_npz', '20',
                                   '--G_batch_size', '8', '--G_eval_mode'))
     G = sample.load_generator(done['config'], base / 'weights' / NAME / 'G_ema.pth',
                               torch.device('cpu'))
-    utils.seed_rng(done['config']['seed'])  # replay the draws of the run above
-    z, y = utils.Latents(8, G.dim_z, 10).sample_()
+    utils.seed_rng(done['config']['seed'])  # replay the draws of the run above, batch by batch
+    latents, images, labels = utils.Latents(8, G.dim_z, 10), [], []
     with torch.no_grad():
-        expected = sample.to_uint8(G(z, G.shared(y))).numpy()
+        for _ in range(3):  # 8 + 8 + 4 of a third batch
+            z, y = latents.sample_()
+            images.append(sample.to_uint8(G(z, G.shared(y))).numpy())
+            labels.append(y.numpy().copy())
+    expected_x, expected_y = np.concatenate(images)[:20], np.concatenate(labels)[:20]
+    assert len(set(map(tuple, np.split(expected_y[:16], 2)))) == 2  # batches differ
     with np.load(done['npz']) as f:
-        np.testing.assert_array_equal(f['y'], y.numpy())
-        assert np.abs(f['x'].astype(int) - expected).max() <= 1
+        np.testing.assert_array_equal(f['y'], expected_y)
+        assert np.abs(f['x'].astype(int) - expected_x).max() <= 1
 
 
 def test_flags_override_the_run_config(base):
