@@ -60,9 +60,46 @@ def prepare_config(config: dict) -> dict:
     config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
     config['classes_per_sheet'] = min(spec.classes_per_sheet, config['n_classes'])
     config['G_batch_size'] = config['G_batch_size'] or config['batch_size']
+    if config['G_batch_size'] < config['batch_size']:
+        print(f"--G_batch_size {config['G_batch_size']} < --batch_size {config['batch_size']}: "
+              f"D sees {config['batch_size']} fakes per minibatch and G steps on "
+              f"{config['G_batch_size']} (the 2019 code ignored a smaller G_batch_size)")
     config['experiment_name'] = config['experiment_name'] or utils.name_from_config(config)
     config['moments_path'] = str(spec.moments_path)
     return config
+
+
+def check_config(config: dict, world_size: int = 1, num_gpus: int = 0) -> None:
+    """Flag combinations that would crash later or silently do something else: fail now,
+    before anything is written to disk."""
+    source = config['load_weights']
+    if source and not config['resume'] and not os.path.exists(source):
+        if os.sep in source or source.endswith('.pth'):
+            raise FileNotFoundError(f'--load_weights {source} does not exist: give a run folder '
+                                    f'or a G*.pth file in one to fine-tune from')
+        name = config['experiment_name']
+        raise ValueError(
+            f'--load_weights {source} without --resume: a suffix such as {source} names a '
+            f'checkpoint copy (G_{source}.pth, ...) of this run, read only when resuming. To '
+            f'continue run {name} from it add --resume; to start a new run from its weights give '
+            f'the file, e.g. --load_weights {os.path.join(config["weights_root"], name)}'
+            f'/G_{source}.pth with a new --experiment_name')
+    if config['cross_replica'] and config['parallel'] and world_size == 1 and num_gpus > 1:
+        raise ValueError(
+            "--cross_replica with --parallel: DataParallel normalises each GPU's share of the "
+            'batch on its own, so BN statistics would not be synced. Launch one process per '
+            'GPU instead: torchrun --nproc_per_node=N train.py ... without --parallel (and '
+            'with --batch_size divided by N: under DDP it is per GPU); there --cross_replica '
+            "uses PyTorch's SyncBatchNorm")
+
+
+def total_iterations(num_images: int, num_epochs: int, images_per_itr: int,
+                     multiepoch: bool) -> int:
+    """Iterations a run trains for: whole batches per epoch (drop_last), or, with the
+    multi-epoch sampler, whole batches of the stream of all epochs (batches span epochs)."""
+    if multiepoch:
+        return num_images * num_epochs // images_per_itr
+    return num_images // images_per_itr * num_epochs
 
 
 def check_test_setup(config: dict) -> None:
@@ -153,6 +190,7 @@ def run(config: dict) -> dict:
     # Setup processes and config:
     rank, world_size, device = setup_distributed()
     config = prepare_config(config)
+    check_config(config, world_size, torch.cuda.device_count())
     check_test_setup(config)
     name = config['experiment_name']
     if device.type == 'cuda':
@@ -216,9 +254,10 @@ def run(config: dict) -> dict:
                                           'world_size': world_size,
                                           'minibatches': minibatches})[0]
 
-    # Training function, fixed samples, metrics:
-    latents = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
-                            config['z_var'], rank, world_size)
+    # Training function, fixed samples, metrics. As in 2019, enough latents are drawn for
+    # D's batch_size fakes and G's G_batch_size, whichever is larger:
+    latents = utils.Latents(max(config['G_batch_size'], config['batch_size']), G.dim_z,
+                            config['n_classes'], device, config['z_var'], rank, world_size)
     fixed = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
                           config['z_var'])
     fixed_z, fixed_y = (t.clone() for t in fixed.sample_())
@@ -266,7 +305,17 @@ def run(config: dict) -> dict:
         utils.set_rng_state(saved['rng'])
         last_save = os.path.join(config['weights_root'], name)
     multiepoch = config['use_multiepoch_sampler']
-    itrs_per_epoch = max(len(loader.dataset) // (D_batch_size * world_size), 1)
+    images_per_itr = D_batch_size * world_size
+    itrs_per_epoch = max(len(loader.dataset) // images_per_itr, 1)
+    if is_main:
+        total = total_iterations(len(loader.dataset), config['num_epochs'], images_per_itr,
+                                 multiepoch)
+        ranks = f' x {world_size} ranks' if world_size > 1 else ''
+        print(f"Training {total:,} iterations: {config['num_epochs']} epochs of "
+              f"{len(loader.dataset):,} images at {images_per_itr:,} real images per iteration "
+              f"(batch {config['batch_size']} x {config['num_D_steps']} D steps x "
+              f"{config['num_D_accumulations']} accumulations{ranks})"
+              + (f"; resuming at iteration {state_dict['itr']:,}" if config['resume'] else ''))
     # A run resumed mid-epoch continues that epoch at the batch where it stopped (unless the
     # counters do not fit this dataset, e.g. a 2019 run resumed on other data: then anew).
     start_batch = state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch

@@ -144,9 +144,14 @@ FLAGS = [
     # Regularisation and training function
     Flag('G_ortho', 0.0, float, 'G orthogonal regularisation strength'),
     Flag('D_ortho', 0.0, float, 'D orthogonal regularisation strength'),
-    _off('toggle_grads', 'toggle_grads', "do not freeze the other net's parameters per step"),
+    # 2019's --toggle_grads was store_true with default True: passing it changes nothing.
+    Flag('toggle_grads', True, SWITCH, "freeze the net not being stepped (on by default; "
+         "accepted for 2019 scripts)"),
+    _off('no_toggle_grads', 'toggle_grads', "train without freezing the other net's "
+         "parameters in each step"),
     Flag('which_train_fn', 'GAN', str, 'training function'),
-    Flag('load_weights', '', str, 'suffix of weights to load (e.g. best0, copy1)'),
+    Flag('load_weights', '', str, 'with --resume: the copy to resume from (e.g. best0, copy1); '
+         'without: a run folder or G*.pth file to fine-tune from'),
     Flag('resume', False, SWITCH, 'resume the run'),
     # Logging
     Flag('logstyle', '%3.3e', str, 'number format of the training logs'),
@@ -187,7 +192,8 @@ DERIVED_KEYS = {'n_classes', 'classes_per_sheet', 'moments_path', 'G_activation'
 def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag]) -> None:
     for f in flags:
         if f.type == SWITCH:
-            parser.add_argument(f'--{f.name}', action='store_true', help=f.help)
+            parser.add_argument(f'--{f.name}', action='store_true', default=f.default,
+                                help=f.help)
         elif f.type == 'off':
             parser.add_argument(f'--{f.name}', dest=f.key, action='store_false', help=f.help)
         else:
@@ -578,7 +584,10 @@ class Latents:
         self.n_classes, self.z_var = n_classes, z_var
 
     def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """New z ~ N(0, z_var²) (2019 used z_var as the std) and uniform classes."""
+        """New z ~ N(0, z_var²) (2019 used z_var as the std) and uniform classes.
+
+        Returns views of the buffers, which the next call overwrites: copy what you keep.
+        """
         self.z_all.normal_(0, self.z_var)
         self.y_all.random_(0, self.n_classes)
         return self.z, self.y

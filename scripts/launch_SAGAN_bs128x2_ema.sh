@@ -1,6 +1,8 @@
 #!/bin/bash
 # SA-GAN baseline + EMA, ImageNet 128x128, batch 128 x 2; 2019: no hardware stated.
-# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N`.
+# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N` and divide
+# --batch_size by N (under DDP it is per GPU).
+# Length: 100 epochs = 500,400 iterations of 256 images, as in 2019.
 set -e
 cd "$(dirname "$0")/.."
 python train.py \

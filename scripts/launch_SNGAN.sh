@@ -1,6 +1,8 @@
 #!/bin/bash
 # SN-GAN baseline, ImageNet 128x128, batch 64, 5 D steps; 2019: no hardware stated.
-# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N`.
+# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N` and divide
+# --batch_size by N (under DDP it is per GPU).
+# Length: 100 epochs = 400,300 iterations of 320 images, as in 2019.
 set -e
 cd "$(dirname "$0")/.."
 python train.py \

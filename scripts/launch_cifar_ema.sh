@@ -1,6 +1,8 @@
 #!/bin/bash
 # BigGAN + EMA, CIFAR-10 32x32, batch 50, 500 epochs; 2019 numbers: two GPUs.
-# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N`.
+# Multi-GPU: for DDP: replace `python` with `torchrun --nproc_per_node=N` and divide
+# --batch_size by N (under DDP it is per GPU).
+# Length: 500 epochs = 125,000 iterations of 200 images, as in 2019.
 set -e
 cd "$(dirname "$0")/.."
 python train.py \

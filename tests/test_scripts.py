@@ -142,6 +142,23 @@ def test_baseline_values():
         ('C10', 500, 50, 4, 'N02', 'N02', 1000, 5000)
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@pytest.mark.parametrize('path', [p for p in LAUNCHERS if 'I128' in p.read_text()],
+                         ids=lambda p: p.name)
+def test_imagenet_launchers_train_at_least_the_2019_length(path):
+    """The 2019 README trains BigGAN to 150k iterations (its loop never stopped on its own):
+    each ImageNet launcher's epochs reach that on ImageNet's train set at its batch size."""
+    import train
+    c = parse_script(path)
+    per_itr = c['batch_size'] * c['num_D_steps'] * c['num_D_accumulations']
+    total = train.total_iterations(IMAGENET_TRAIN_IMAGES, c['num_epochs'], per_itr,
+                                   c['use_multiepoch_sampler'])
+    assert total >= 150_000, f'{path.name}: {total} iterations'
+    assert f'{total:,} iterations' in path.read_text()  # the header comment says so
+
+
 def test_prepare_data_flags():
     """prepare_data.sh packs I128 then computes its moments, with SPEC §11's flags."""
     commands = script_commands(SCRIPTS / 'utils' / 'prepare_data.sh')

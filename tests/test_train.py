@@ -293,3 +293,75 @@ def test_bf16_channels_last_run_saves_a_plain_checkpoint(tmp_path, data_file):
     state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--save_every', '4',
                                  '--resume'))
     assert state['itr'] == 8
+
+
+# ----------------------------------------------------------------------------------------
+# 2019 fidelity: training length, batch sizes, flag combinations
+# ----------------------------------------------------------------------------------------
+
+
+def test_startup_prints_the_total_iterations(tmp_path, data_file, capsys):
+    """16 images, batch 4 x 2 D steps: 2 iterations an epoch, 3 epochs; the multi-epoch
+    stream of 48 images holds 6 batches of 8 as well."""
+    for extra in ([], ['--use_multiepoch_sampler']):
+        state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '3', '--save_every',
+                                     '0', '--num_D_steps', '2', *extra))
+        assert state['itr'] == 6
+        assert ('Training 6 iterations: 3 epochs of 16 images at 8 real images per iteration '
+                '(batch 4 x 2 D steps x 1 accumulations)') in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('n,epochs,per_itr', [(16, 3, 8), (17, 3, 8), (1_281_167, 240, 2048)])
+def test_total_iterations_is_what_the_samplers_yield(n, epochs, per_itr):
+    import datasets
+    multi = datasets.MultiEpochSampler(n, epochs, per_itr)
+    assert train.total_iterations(n, epochs, per_itr, True) == multi.num_itrs
+    single = datasets.EpochSampler(n, per_itr)
+    assert train.total_iterations(n, epochs, per_itr, False) == epochs * (len(single) // per_itr)
+
+
+def test_D_sees_batch_size_fakes_when_G_batch_size_is_smaller(tmp_path, data_file, monkeypatch,
+                                                              capsys):
+    """As in 2019, D pits batch_size fakes against batch_size reals; G steps on G_batch_size."""
+    import BigGAN
+    seen, forward = [], BigGAN.Discriminator.forward
+
+    def spy(D, x, y=None):
+        seen.append(len(x))
+        return forward(D, x, y)
+    monkeypatch.setattr(BigGAN.Discriminator, 'forward', spy)
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '0',
+                         '--G_batch_size', '2', '--split_D'))
+    assert seen == [4, 4, 2] * 4  # per iteration: fakes, reals (split_D), G's fakes
+    assert 'D sees 4 fakes per minibatch and G steps on 2' in capsys.readouterr().out
+
+
+def test_load_weights_suffix_without_resume_says_what_it_expects(tmp_path, data_file):
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '4'))
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    with pytest.raises(ValueError, match='--resume.*G_copy0.pth with a new --experiment_name'):
+        train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--load_weights', 'copy0'))
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before  # nothing touched
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        train.main(run_flags(tmp_path, data_file, '--load_weights', str(weights / 'G_x.pth')))
+    # With --resume the suffix loads that copy.
+    state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--load_weights',
+                                 'copy0', '--resume', '--save_every', '0'))
+    assert state['itr'] == 8
+
+
+def test_cross_replica_under_dataparallel_is_an_error_naming_torchrun():
+    config = vars(utils.prepare_parser().parse_args(['--cross_replica', '--parallel']))
+    with pytest.raises(ValueError, match='torchrun --nproc_per_node'):
+        train.check_config(config, world_size=1, num_gpus=2)
+    train.check_config(config, world_size=1, num_gpus=1)  # one GPU: DataParallel is not used
+    train.check_config(config, world_size=2, num_gpus=2)  # torchrun: DDP + SyncBatchNorm
+
+
+def test_toggle_grads_flag_keeps_toggling_on():
+    """2019's --toggle_grads was store_true with default True: passing it changes nothing."""
+    parse = utils.prepare_parser().parse_args
+    assert vars(parse([]))['toggle_grads'] is True
+    assert vars(parse(['--toggle_grads']))['toggle_grads'] is True
+    assert vars(parse(['--no_toggle_grads']))['toggle_grads'] is False
