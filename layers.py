@@ -191,7 +191,24 @@ class StoredStatsNorm(nn.Module):
     squares minus squared mean in fp32 (biased variance), as the 2019 `--mybn` did.
     Standing stats: `start_standing_stats()` zeroes the stored stats, each training-mode
     forward then adds its batch stats, and `finish_standing_stats()` divides by the count.
+    A subclass says which of this applies to it: `has_stored_stats` (False for gn/nonorm
+    ccbns, which standing stats skip) and `uses_batch_stats` (what --cross_replica syncs).
     """
+
+    # Class defaults, so that a norm without stored stats answers them too.
+    accumulate_standing = False
+    sync_enabled = False
+    sync_bn: Optional[nn.SyncBatchNorm] = None  # set by use_sync_batchnorm
+
+    @property
+    def has_stored_stats(self) -> bool:
+        """Whether `stored_mean`/`stored_var` exist (eval mode normalises with them)."""
+        return True
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Whether training normalises over the batch, so --cross_replica syncs it."""
+        return True
 
     def _init_stats(self, num_channels: int, eps: float, momentum: float, mybn: bool) -> None:
         self.eps, self.momentum, self.mybn = eps, momentum, mybn
@@ -202,7 +219,12 @@ class StoredStatsNorm(nn.Module):
         self._register_load_state_dict_pre_hook(_load_2019_bn_keys)
 
     def start_standing_stats(self) -> None:
-        """Zero the stored stats and sum batch stats over the next training forwards."""
+        """Zero the stored stats and sum batch stats over the next training forwards.
+
+        A no-op for a norm without stored stats: there is nothing to accumulate.
+        """
+        if not self.has_stored_stats:
+            return
         self.stored_mean.zero_()
         self.stored_var.zero_()
         self.standing_count.zero_()
@@ -218,7 +240,7 @@ class StoredStatsNorm(nn.Module):
     def normalize(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable or None)."""
-        synced = self.training and getattr(self, 'sync_enabled', False)
+        synced = self.training and self.sync_enabled
         if synced and x.device.type == 'cuda':
             out = _pytorch_sync_batch_norm(self, x)
         elif not (self.training and (synced or self.mybn or self.accumulate_standing)):
@@ -281,12 +303,22 @@ class ccbn(StoredStatsNorm):
         self.gain = which_linear(input_size, output_size)
         self.bias = which_linear(input_size, output_size)
         self.norm_style = norm_style
-        if norm_style in ('bn', 'in'):
+        if self.has_stored_stats:
             self._init_stats(output_size, eps, momentum, mybn)
         elif not (norm_style == 'nonorm' or norm_style.startswith('gn')):
             raise ValueError(f"norm_style must be bn, in, gn[_ch_N|_grp_N] or nonorm, "
                              f"got {norm_style!r}")
         self.eps = eps
+
+    @property
+    def has_stored_stats(self) -> bool:
+        """bn and in keep running stats (2019's buffers); gn and nonorm keep none."""
+        return self.norm_style in ('bn', 'in')
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Only bn: in normalises each sample by its own stats, gn and nonorm keep none."""
+        return self.norm_style == 'bn'
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)
@@ -294,13 +326,24 @@ class ccbn(StoredStatsNorm):
         if self.norm_style == 'bn':
             return self.normalize(x, gain, bias)
         if self.norm_style == 'in':
-            out = F.instance_norm(x, self.stored_mean, self.stored_var, None, None,
-                                  self.training, self.momentum, self.eps)
+            out = self._instance_norm(x)
         elif self.norm_style.startswith('gn'):
             out = F.group_norm(x, _num_groups(self.norm_style, x.size(1)), eps=self.eps)
         else:
             out = x
         return out * gain + bias
+
+    def _instance_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Instance norm with running stats; summed into standing stats while accumulating."""
+        if not (self.training and self.accumulate_standing):
+            return F.instance_norm(x, self.stored_mean, self.stored_var, None, None,
+                                   self.training, self.momentum, self.eps)
+        # What F.instance_norm folds into its running stats: the batch mean of the
+        # per-instance means and variances (Bessel-corrected over H*W unless --mybn).
+        var, mean = torch.var_mean(x.detach().float(), dim=(2, 3), correction=0)  # (B, C)
+        n = x[0, 0].numel()
+        self._record_stats(mean.mean(0), var.mean(0), n / max(n - 1, 1))
+        return F.instance_norm(x, eps=self.eps)
 
 
 def _num_groups(norm_style: str, channels: int) -> int:
@@ -416,11 +459,12 @@ class DBlock(nn.Module):
 def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
     """Make every BN of `net` normalise with statistics over all DDP ranks (--cross_replica).
 
-    On GPUs this is PyTorch's own SyncBatchNorm; the stored stats stay in our buffers (and
-    checkpoint keys), which it updates in place.
+    Only norms that normalise over the batch are synced (`uses_batch_stats`): in, gn and
+    nonorm ccbns are left alone. On GPUs this is PyTorch's own SyncBatchNorm; the stored
+    stats stay in our buffers (and checkpoint keys), which it updates in place.
     """
     for m in net.modules():
-        if isinstance(m, StoredStatsNorm):
+        if isinstance(m, StoredStatsNorm) and m.uses_batch_stats:
             sync = nn.SyncBatchNorm(m.stored_mean.numel(), eps=m.eps, momentum=m.momentum,
                                     affine=False, process_group=process_group)
             object.__setattr__(m, 'sync_bn', sync)  # not a submodule: no extra state keys
@@ -430,7 +474,8 @@ def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
 @contextlib.contextmanager
 def local_batchnorm(net: nn.Module):
     """Within the block, BN of a --cross_replica net uses this process's batch only."""
-    synced = [m for m in net.modules() if getattr(m, 'sync_bn', None) is not None]
+    synced = [m for m in net.modules()
+              if isinstance(m, StoredStatsNorm) and m.sync_bn is not None]
     for m in synced:
         m.sync_enabled = False
     try:

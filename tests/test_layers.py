@@ -1,9 +1,15 @@
 """Tests of layers.py: spectral norm, attention, batch norms, numerics under autocast."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import BigGAN
 import layers
+import utils
+
+NORM_STYLES = ('bn', 'in', 'gn', 'nonorm')
 
 
 def _matrix_with_svs(svs, out=12, inp=20, seed=0):
@@ -148,3 +154,129 @@ def test_norm_styles_run_and_bad_style_is_an_error():
         assert out.shape == x.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match='norm_style'):
         layers.ccbn(32, 5, torch.nn.Linear, norm_style='ln')
+
+
+def _tiny_G(norm_style, seed=0):
+    torch.manual_seed(seed)
+    return BigGAN.Generator(resolution=32, G_ch=4, dim_z=8, G_shared=True, shared_dim=8,
+                            n_classes=3, G_attn='0', norm_style=norm_style)
+
+
+def _stats_norms(G):
+    """G's norms that keep stored stats, by module name."""
+    return {name: m for name, m in G.named_modules()
+            if isinstance(m, layers.StoredStatsNorm) and m.has_stored_stats}
+
+
+def _batch_stats(norm, x):
+    """(mean, unbiased var) that one standing batch x should add to `norm`'s stats."""
+    x = x.double()
+    if isinstance(norm, layers.ccbn) and norm.norm_style == 'in':  # per instance, then averaged
+        return x.mean((2, 3)).mean(0), x.var((2, 3)).mean(0)
+    return x.mean((0, 2, 3)), x.var((0, 2, 3))
+
+
+@pytest.mark.parametrize('norm_style', NORM_STYLES)
+def test_G_standing_stats_average_the_batch_stats_of_every_norm(norm_style):
+    """gn/nonorm ccbns are skipped; the output bn (and bn/in ccbns) average over the batches."""
+    G = _tiny_G(norm_style)
+    keys = set(G.state_dict())
+    norms = _stats_norms(G)
+    assert ('output_layer.0' in norms
+            and (len(norms) == 1) == (norm_style in ('gn', 'nonorm')))
+    seen = {m: [] for m in norms.values()}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen[m].append(_batch_stats(m, args[0])))
+             for m in norms.values()]
+    utils.accumulate_standing_stats(G, utils.Latents(4, 8, 3), num_accumulations=3)
+    for h in hooks:
+        h.remove()
+    assert not G.training and set(G.state_dict()) == keys
+    for name, m in norms.items():
+        assert len(seen[m]) == 3, name
+        mean, var = (torch.stack(s).mean(0).float() for s in zip(*seen[m]))
+        torch.testing.assert_close(m.stored_mean, mean, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(m.stored_var, var, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('norm_style', NORM_STYLES)
+def test_use_sync_batchnorm_marks_only_the_bn_style_norms(norm_style):
+    G = _tiny_G(norm_style)
+    keys = set(G.state_dict())
+    layers.use_sync_batchnorm(G)
+    synced = {m for m in G.modules() if isinstance(m, layers.StoredStatsNorm) and m.sync_enabled}
+    bn_style = {m for m in G.modules() if isinstance(m, layers.bn)
+                or isinstance(m, layers.ccbn) and m.norm_style == 'bn'}
+    assert synced == bn_style and G.output_layer[0] in synced
+    # Checkpoint keys as in 2019: no SyncBatchNorm state; stored_* only where stats are kept.
+    assert set(G.state_dict()) == keys and not any('standing_count' in k for k in keys)
+    stored = {k.rsplit('.', 1)[0] for k in keys if k.endswith(('stored_mean', 'stored_var'))}
+    assert stored == set(_stats_norms(G))
+    z, y = torch.randn(2, 8), torch.tensor([0, 2])
+    with layers.local_batchnorm(G):  # no process group here: this process's batch only
+        assert all(not m.sync_enabled for m in synced)
+        assert torch.isfinite(G(z, G.shared(y))).all()
+    assert all(m.sync_enabled for m in synced)
+
+
+@pytest.mark.parametrize('mybn', [False, True])
+def test_in_standing_stats_average_what_instance_norm_records(mybn):
+    torch.manual_seed(0)
+    norm = layers.ccbn(3, 5, torch.nn.Linear, norm_style='in', mybn=mybn)
+    batches = [(torch.randn(4, 3, 3, 3) * (i + 1) + i, torch.randn(4, 5)) for i in range(3)]
+    recorded = []
+    for x, _ in batches:  # momentum 1: the running stats become exactly what one batch records
+        mean, var = torch.zeros(3), torch.zeros(3)
+        F.instance_norm(x, mean, var, use_input_stats=True, momentum=1.0)
+        recorded.append((mean, var))
+    trained = copy.deepcopy(norm)
+    norm.start_standing_stats()
+    outs = [norm(x, y) for x, y in batches]
+    norm.finish_standing_stats()
+    mean, var = (torch.stack(s).mean(0) for s in zip(*recorded))
+    if mybn:  # biased per-instance variances over H*W = 9, as --mybn stores them
+        var = var * 8 / 9
+    torch.testing.assert_close(norm.stored_mean, mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(norm.stored_var, var, atol=1e-6, rtol=1e-5)
+    for out, (x, y) in zip(outs, batches):  # standing forwards normalise as training does
+        torch.testing.assert_close(out, trained(x, y), atol=1e-6, rtol=1e-5)
+
+
+def _sgd_step(G, net, z, y):
+    """One SGD step of a toy loss on G's output; `net` is G or its DDP wrapper."""
+    optim = torch.optim.SGD(G.parameters(), lr=0.5)
+    net(z, G.shared(y)).square().mean().backward()
+    optim.step()
+
+
+def _toy_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 8, generator=g), torch.tensor([0, 1, 2, 1])
+
+
+def _gn_cross_replica_worker(rank, world, init_file, out):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=world)
+    G = _tiny_G('gn')
+    layers.use_sync_batchnorm(G)  # as train.py does for --cross_replica under DDP
+    z, y = _toy_batch()
+    rows = slice(rank * 2, rank * 2 + 2)
+    _sgd_step(G, torch.nn.parallel.DistributedDataParallel(G), z[rows], y[rows])
+    torch.save(G.state_dict(), f'{out}{rank}.pt')
+    dist.destroy_process_group()
+
+
+def test_gn_G_with_cross_replica_trains_like_one_process(tmp_path):
+    """2 gloo ranks x batch 2 == 1 process x batch 4: the output bn syncs, gn ccbns don't crash."""
+    import torch.multiprocessing as mp
+    mp.spawn(_gn_cross_replica_worker, args=(2, str(tmp_path / 'init'), str(tmp_path / 'r')),
+             nprocs=2)
+    initial = dict(_tiny_G('gn').named_parameters())
+    single = _tiny_G('gn')
+    _sgd_step(single, single, *_toy_batch())
+    for rank in range(2):
+        got = torch.load(tmp_path / f'r{rank}.pt', weights_only=True)
+        for k, v in single.state_dict().items():
+            torch.testing.assert_close(got[k], v, atol=2e-6, rtol=1e-5, msg=k)
+    moved = max((p - initial[k]).abs().max().item() for k, p in single.named_parameters())
+    assert moved > 1e-2  # the step really trained G
