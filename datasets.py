@@ -5,14 +5,18 @@ forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
 `get_data_loaders` builds the loader train.py iterates. Every image file goes through
 `load_image` (RGB, centre crop on the long edge, PIL bilinear resize, as the 2019 release's
 torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
-identical pixels. `--augment` shifts by up to R/8 pixels (reflect padding) and flips
-left-right, on folder, HDF5 and CIFAR data alike, drawn from (seed, position in the data
-stream) so that worker counts and resuming do not change it. `make_demo_folder` writes the
-built-in demo dataset (`python make_hdf5.py --make_demo data/demo` writes and packs it).
+identical pixels. A folder's images are the files directly inside its class folders with an
+extension PIL opens (an animated GIF gives its first frame); `find_images` lists every other
+file under it with the reason it is left out. `--augment` shifts by up to R/8 pixels
+(reflect padding) and flips left-right, on folder, HDF5 and CIFAR data alike, drawn from
+(seed, position in the data stream) so that worker counts and resuming do not change it.
+`make_demo_folder` writes the built-in demo dataset (`python make_hdf5.py --make_demo
+data/demo` writes and packs it).
 
-Samplers: `MultiEpochSampler` (`--use_multiepoch_sampler`) makes the data order a pure
-function of (seed, iteration), so a resumed run sees the uninterrupted run's batches;
-otherwise `EpochSampler` reshuffles each pass from (seed, epoch). Both shard global batches
+Samplers: `MultiEpochSampler` (`--use_multiepoch_sampler`) always shuffles (with or without
+`--shuffle`, as in 2019) and makes the data order a pure function of (seed, iteration), so a
+resumed run sees the uninterrupted run's batches; otherwise `EpochSampler` reshuffles each
+pass from (seed, epoch) if `--shuffle`, else reads in file order. Both shard global batches
 across DDP ranks, and `batch_size` is always per rank.
 
 Example:
@@ -21,18 +25,35 @@ Example:
 """
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+def _image_extensions() -> frozenset[str]:
+    """Lower-case extensions of every format PIL decodes.
+
+    Not PDF and PALM (PIL only writes them), nor the formats it identifies but cannot decode
+    on its own: stubs (BUFR, GRIB, HDF5, WMF/EMF) and MPEG video.
+    """
+    Image.init()  # registers every plugin, not only the five PIL imports up front
+    readable = {fmt for fmt, (factory, _) in Image.OPEN.items()
+                if fmt != 'MPEG' and not (isinstance(factory, type)
+                                          and issubclass(factory, ImageFile.StubImageFile))}
+    readable.add('MPO')  # MPO files open through the JPEG opener
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in readable)
+
+
+IMG_EXTENSIONS = _image_extensions()
 RESAMPLE = Image.BILINEAR
 
 
@@ -130,8 +151,46 @@ def draw_generator(seed: int, draw: int) -> torch.Generator:
 
 # ----------------------------------------------------------------------------- folders
 
+class SkippedFile(NamedTuple):
+    """A file under an image folder that is not read as one of its images, and why."""
+    path: str
+    kind: str  # for counts: 'non-image', 'hidden', 'nested' (make_hdf5 adds 'unreadable')
+    reason: str
+
+
+def _not_an_image(entry: os.DirEntry) -> SkippedFile | None:
+    """Why a file directly inside a class folder is not an image of it, or None if it is one.
+
+    Decided by name alone (startup must not decode 1.28M files): an extension PIL opens.
+    Hidden files are OS metadata (.DS_Store, macOS's ._name.jpg copies), never images.
+    """
+    if entry.name.startswith('.'):
+        return SkippedFile(entry.path, 'hidden', "hidden file (name starts with '.')")
+    if not entry.is_file():
+        return SkippedFile(entry.path, 'non-image', 'not a regular file (a broken link?)')
+    ext = os.path.splitext(entry.name)[1].lower()
+    if ext not in IMG_EXTENSIONS:
+        what = f'extension {ext}' if ext else 'no extension'
+        return SkippedFile(entry.path, 'non-image', f'not an image file PIL reads ({what})')
+    return None
+
+
 def _is_image(entry: os.DirEntry) -> bool:
-    return entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS)
+    return _not_an_image(entry) is None
+
+
+def _files_below(folder: str) -> list[str]:
+    """Every file in a folder and its subfolders, in sorted order."""
+    found = []
+    for path, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(path, f) for f in sorted(files))
+    return found
+
+
+def _sorted_entries(folder: str | os.PathLike) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
 
 
 def _subdirs(path: Path) -> list[os.DirEntry]:
@@ -168,15 +227,25 @@ def find_classes(root: str | os.PathLike, single_class_ok: bool = False) -> list
     return classes
 
 
-def find_images(root: str | os.PathLike, single_class_ok: bool = False
-                ) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, label) pairs of a class-per-subfolder image folder in sorted order, and classes."""
+@dataclass(frozen=True)
+class FolderImages:
+    """An image folder as listed: (path, label) samples, class names, every other file."""
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    skipped: list[SkippedFile]
+
+
+def find_images(root: str | os.PathLike, single_class_ok: bool = False) -> FolderImages:
+    """The images of a class-per-subfolder folder in sorted order, and why the rest are not.
+
+    The images of a class are the files directly inside its folder whose extension PIL
+    opens; every other file under root is listed in `skipped` with its reason.
+    """
     root = Path(root)
     classes = find_classes(root, single_class_ok)
-    samples = []
+    samples, skipped = [], _outside_classes(root)
     for label, name in enumerate(classes):
-        with os.scandir(root / name) as it:
-            files = sorted(e.name for e in it if _is_image(e))
+        files = _class_images(root / name, skipped)
         if not files:
             deeper = _subdirs(root / name)
             hint = (f'its images are nested one level too deep (in {root / name}/'
@@ -184,7 +253,49 @@ def find_images(root: str | os.PathLike, single_class_ok: bool = False
                     else 'remove it or add its images')
             raise ValueError(f'class folder {root / name} has no images; {hint}.')
         samples.extend((str(root / name / f), label) for f in files)
-    return samples, classes
+    return FolderImages(samples, classes, skipped)
+
+
+def _class_images(folder: Path, skipped: list[SkippedFile]) -> list[str]:
+    """Sorted image names of one class folder; its other files go to `skipped`, with why."""
+    nested = (f'in a subfolder of class folder {folder.name!r}: only files directly inside a '
+              f'class folder are images of that class')
+    files = []
+    for entry in _sorted_entries(folder):
+        if entry.is_dir():
+            skipped.extend(SkippedFile(p, 'nested', nested) for p in _files_below(entry.path))
+        elif (why := _not_an_image(entry)) is None:
+            files.append(entry.name)
+        else:
+            skipped.append(why)
+    return files
+
+
+def _outside_classes(root: Path) -> list[SkippedFile]:
+    """The files under root in no class folder: loose at the top, or in hidden folders."""
+    skipped = []
+    for entry in _sorted_entries(root):
+        if entry.is_dir() and entry.name.startswith('.'):
+            skipped.extend(SkippedFile(p, 'hidden', f'in the hidden folder {entry.name!r}, '
+                                       f'which is not a class') for p in _files_below(entry.path))
+        elif not entry.is_dir():  # not an image: find_classes refuses loose images
+            skipped.append(_not_an_image(entry))
+    return skipped
+
+
+def count_kinds(skipped: list[SkippedFile]) -> str:
+    """Skipped files counted by kind, e.g. '2 non-image, 1 nested, 1 unreadable'."""
+    return ', '.join(f'{n} {kind}' for kind, n in Counter(s.kind for s in skipped).items())
+
+
+def _skipped_warning(root: str | os.PathLike, skipped: list[SkippedFile]) -> str:
+    """One line: how many files under root are not images of a class, why, a few examples."""
+    examples = ', '.join(os.path.relpath(s.path, root) for s in skipped[:3])
+    more = f' and {len(skipped) - 3} more' if len(skipped) > 3 else ''
+    return (f'{root}: ignoring {len(skipped)} files that are not images of a class '
+            f'({count_kinds(skipped)}): {examples}{more}. Images are the files PIL opens (by '
+            f'extension) directly inside a class folder; make_hdf5.py lists every skipped '
+            f'file with its reason')
 
 
 # ----------------------------------------------------------------------------- HDF5
@@ -311,13 +422,20 @@ class ArrayDataset(ImageDataset):
 
 
 class ImageFolderDataset(ImageDataset):
-    """A class-per-subfolder image folder, decoded on the fly (or all at once: load_in_mem)."""
+    """A class-per-subfolder image folder, decoded on the fly (or all at once: load_in_mem).
+
+    Files that are not images of a class (see find_images) are left out with a warning,
+    unless `warn` is off (on ranks other than 0).
+    """
 
     def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False,
-                 load_in_mem: bool = False, single_class_ok: bool = False):
-        samples, self.classes = find_images(root, single_class_ok)
-        super().__init__([label for _, label in samples], augment)
-        self.paths = [p for p, _ in samples]
+                 load_in_mem: bool = False, single_class_ok: bool = False, warn: bool = True):
+        listing = find_images(root, single_class_ok)
+        super().__init__([label for _, label in listing.samples], augment)
+        self.classes, self.skipped = listing.classes, listing.skipped
+        if self.skipped and warn:
+            warnings.warn(_skipped_warning(root, self.skipped), stacklevel=2)
+        self.paths = [p for p, _ in listing.samples]
         self.resolution = resolution
         self.imgs = (np.stack([load_image(p, resolution) for p in self.paths])
                      if load_in_mem else None)
@@ -384,9 +502,12 @@ def _cifar(spec: DatasetSpec, augment: bool) -> ArrayDataset:
     return ArrayDataset(data.data.transpose(0, 3, 1, 2), np.asarray(data.targets), augment)
 
 
-def build_dataset(spec: DatasetSpec, augment: bool = False,
-                  load_in_mem: bool = False) -> ImageDataset:
-    """The Dataset of a resolved spec, checked against the spec's class count."""
+def build_dataset(spec: DatasetSpec, augment: bool = False, load_in_mem: bool = False,
+                  warn: bool = True) -> ImageDataset:
+    """The Dataset of a resolved spec, checked against the spec's class count.
+
+    `warn`: warn about the files of an image folder that are not images of a class.
+    """
     if spec.kind in ('cifar10', 'cifar100'):
         return _cifar(spec, augment)
     if spec.kind == 'hdf5':
@@ -397,7 +518,7 @@ def build_dataset(spec: DatasetSpec, augment: bool = False,
                              f'repack it with make_hdf5.py')
         return dataset
     dataset = ImageFolderDataset(spec.path, spec.resolution, augment, load_in_mem,
-                                 single_class_ok=spec.n_classes == 1)
+                                 single_class_ok=spec.n_classes == 1, warn=warn)
     if len(dataset.classes) != spec.n_classes:
         raise ValueError(f'{spec.path} has {len(dataset.classes)} class folders but {spec.name} '
                          f'expects {spec.n_classes}; to train on this folder as it is, pass its '
@@ -417,6 +538,8 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
 class MultiEpochSampler(Sampler[int]):
     """Indices for num_epochs epochs of per-epoch permutations, from iteration start_itr.
 
+    It always shuffles, as the 2019 `--use_multiepoch_sampler` did whatever `--shuffle` said:
+    epoch k is epoch_order(seed, k), the order EpochSampler gives epoch k when shuffling.
     The epochs form one stream cut into global batches of batch_size * world_size (batches
     run across epoch ends, so none is short); rank r takes slice r of each global batch.
     With `minibatches` > 1 (D steps x accumulations) each global batch is that many global
@@ -426,11 +549,11 @@ class MultiEpochSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, num_epochs: int, batch_size: int, start_itr: int = 0,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 minibatches: int = 1, draws: bool = False):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, minibatches: int = 1,
+                 draws: bool = False):
         _check_minibatches(batch_size, minibatches)
         self.num_samples, self.num_epochs, self.batch_size = num_samples, num_epochs, batch_size
-        self.start_itr, self.seed, self.shuffle = start_itr, seed, shuffle
+        self.start_itr, self.seed = start_itr, seed
         self.rank, self.world_size, self.minibatches = rank, world_size, minibatches
         self.draws = draws
         self.num_itrs = num_samples * num_epochs // (batch_size * world_size)
@@ -448,7 +571,7 @@ class MultiEpochSampler(Sampler[int]):
                     pos_epoch, offset = divmod(pos, self.num_samples)
                     if pos_epoch != epoch:
                         epoch = pos_epoch
-                        order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+                        order = epoch_order(self.num_samples, self.seed, epoch)
                     yield (int(order[offset]), pos) if self.draws else int(order[offset])
 
 
@@ -517,14 +640,15 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
                      **kwargs) -> list[DataLoader]:
     """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
 
+    `shuffle` applies without `use_multiepoch_sampler` only: that sampler always shuffles.
     `minibatches`: how many minibatches train.py cuts each batch into (D steps x
     accumulations); under DDP each rank's batch holds its slice of every global minibatch.
     Other run-config keys in kwargs are ignored (train.py passes its whole config).
     """
     spec = resolve_dataset(dataset, data_root, resolution, single_class_ok=unconditional)
-    data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem)
+    data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem, warn=rank == 0)
     slow_reads = isinstance(data, HDF5Dataset) and data.compression and data.imgs is None
-    if shuffle and slow_reads and rank == 0:
+    if (shuffle or use_multiepoch_sampler) and slow_reads and rank == 0:
         warnings.warn(
             f'{spec.path} is {data.compression}-compressed and --load_in_mem is off: every '
             f'shuffled image read decompresses a whole chunk of {data.chunk_images} images '
@@ -533,7 +657,7 @@ def get_data_loaders(dataset: str, data_root: str = 'data', resolution: int | No
             f'without --compression.', stacklevel=2)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr, seed, rank,
-                                    world_size, shuffle, minibatches, draws=augment)
+                                    world_size, minibatches, draws=augment)
     else:
         sampler = EpochSampler(len(data), batch_size, seed, rank, world_size, shuffle,
                                minibatches, draws=augment)

@@ -12,9 +12,13 @@ Examples:
 Images go through `datasets.load_image` (the same preprocessing the folder dataset uses),
 decoded in --num_workers processes and streamed to disk batch by batch, so memory does not
 grow with the dataset. The file is written as `<output>.partial` and renamed when complete:
-an interrupted run never leaves a half-written file under the final name. Unreadable images
-are skipped, counted, printed and listed in `<output stem>_skipped.txt` beside the output.
-The file's attrs hold n_classes, resolution, classes (folder names), source and n_skipped.
+an interrupted run never leaves a half-written file under the final name. Every file under
+the folder is either packed or skipped: the images are the files directly inside a class
+folder with an extension PIL opens (`datasets.find_images`, as training from the folder
+reads it); the others (non-image, hidden or nested files) and the images PIL fails to decode
+are counted in the summary, and listed with their reasons in `<output stem>_skipped.txt`
+beside the output. The file's attrs hold n_classes, resolution, classes (folder names),
+source and n_skipped.
 """
 import argparse
 import os
@@ -29,11 +33,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import DATASETS, find_images, load_image, make_demo_folder, resolve_dataset
+from datasets import (
+    DATASETS,
+    SkippedFile,
+    count_kinds,
+    find_images,
+    load_image,
+    make_demo_folder,
+    resolve_dataset,
+)
 
 
 class _Decoder(Dataset):
-    """(uint8 [3, R, R] image or None, label, error message or None) per sample."""
+    """(uint8 [3, R, R] image or None, label, SkippedFile if PIL failed or None) per sample."""
 
     def __init__(self, samples: list[tuple[str, int]], resolution: int):
         self.samples, self.resolution = samples, resolution
@@ -41,15 +53,16 @@ class _Decoder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, str | None]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, SkippedFile | None]:
         path, label = self.samples[index]
         try:
             return load_image(path, self.resolution), label, None
         except Exception as e:  # any decoder failure skips one image, never the whole run
-            return None, label, f'{path}: {type(e).__name__}: {e}'
+            return None, label, SkippedFile(path, 'unreadable', f'PIL failed to decode it: '
+                                                                f'{type(e).__name__}: {e}')
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]]:
     """Stack the decoded images of a batch (as tensors: shared memory, not pickles)."""
     good = [(img, label) for img, label, err in items if err is None]
     imgs = torch.from_numpy(np.stack([img for img, _ in good])) if good else torch.empty(0)
@@ -59,11 +72,20 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 @dataclass
 class PackResult:
-    """What pack_folder wrote: the file, how many images, and the skipped ones."""
+    """What pack_folder wrote: the file, how many images, and each file it skipped and why.
+
+    `skipped_files` holds the folder's files that are not images of a class (kinds
+    'non-image', 'hidden', 'nested': see datasets.find_images), then the 'unreadable' images.
+    """
     path: Path
     n_images: int
-    skipped: list[str]
+    skipped_files: list[SkippedFile]
     log_path: Path | None
+
+    @property
+    def skipped(self) -> list[str]:
+        """One 'path: reason' line per skipped file, as in the log."""
+        return [f'{s.path}: {s.reason}' for s in self.skipped_files]
 
 
 def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int,
@@ -71,14 +93,15 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
                 compression: bool = False, progress: bool = True,
                 single_class_ok: bool = False) -> PackResult:
     """Pack a class-per-subfolder image folder into `output` (see the module docstring)."""
-    samples, classes = find_images(folder, single_class_ok)
+    listing = find_images(folder, single_class_ok)
+    samples, classes = listing.samples, listing.classes
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + '.partial')
     log_path = output.with_name(output.stem + '_skipped.txt')
     loader = DataLoader(_Decoder(samples, resolution), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
-    r, n, skipped = resolution, 0, []
+    r, n, skipped = resolution, 0, list(listing.skipped)  # then the images PIL cannot decode
     lzf = 'lzf' if compression else None
     try:
         with h5py.File(partial, 'w') as f:
@@ -104,14 +127,15 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
             labels.resize(n, axis=0)
             f.attrs.update(n_classes=len(classes), resolution=r, classes=classes,
                            source=str(Path(folder).resolve()), n_skipped=len(skipped))
+        result = PackResult(output, n, skipped, log_path if skipped else None)
         if skipped:
-            log_path.write_text(''.join(f'{line}\n' for line in skipped))
+            log_path.write_text(''.join(f'{line}\n' for line in result.skipped))
         else:
             log_path.unlink(missing_ok=True)  # a stale log from an earlier run would mislead
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
-    return PackResult(output, n, skipped, log_path if skipped else None)
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,7 +170,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, make the demo folder if asked, pack, report."""
+    """Parse flags, make the demo folder if asked, pack, report what was skipped and why."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
@@ -181,13 +205,15 @@ def main(argv: list[str] | None = None) -> None:
     result = pack_folder(spec.path, output, spec.resolution, args.batch_size, args.num_workers,
                          args.chunk_size, args.compression,
                          single_class_ok=args.unconditional)
-    if result.skipped:
-        print(f'Skipped {len(result.skipped)} unreadable images (listed in {result.log_path}):')
-        for line in result.skipped[:10]:
-            print(f'  {line}')
-        if len(result.skipped) > 10:
-            print(f'  ... and {len(result.skipped) - 10} more')
-    print(f'Wrote {result.n_images} images, {spec.n_classes} classes, to {result.path}')
+    for line in result.skipped[:10]:
+        print(f'  skipped {line}')
+    if len(result.skipped) > 10:
+        print(f'  ... and {len(result.skipped) - 10} more')
+    summary = f'Wrote {result.n_images} images, {spec.n_classes} classes, to {result.path}'
+    if result.skipped_files:
+        summary += (f'; skipped {len(result.skipped_files)} files '
+                    f'({count_kinds(result.skipped_files)}), listed in {result.log_path}')
+    print(summary)
 
 
 if __name__ == '__main__':

@@ -62,7 +62,8 @@ FLAGS = [
     _off('no_pin_memory', 'pin_memory', 'do not pin loader memory'),
     Flag('shuffle', False, SWITCH, 'shuffle the data'),
     Flag('load_in_mem', False, SWITCH, 'load the whole HDF5 file into RAM'),
-    Flag('use_multiepoch_sampler', False, SWITCH, 'fixed per-epoch order that resumes exactly'),
+    Flag('use_multiepoch_sampler', False, SWITCH, 'per-epoch random orders fixed by the seed '
+         '(always shuffled), so a resumed run reads what the original would have'),
     # Model
     Flag('model', 'BigGAN', str, 'model module: BigGAN or BigGANdeep'),
     Flag('G_param', 'SN', str, 'G layers: SN or ortho (plain)', choices=('SN', 'ortho')),

@@ -1,6 +1,7 @@
 """Tests of datasets.py: the table, the startup checks, preprocessing, samplers, loaders, demo."""
 import hashlib
 import urllib.error
+import warnings
 from pathlib import Path
 
 import h5py
@@ -31,6 +32,46 @@ def write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (1
             pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f'{i}.png')
     return root
+
+
+def messy_folder(root: Path) -> Path:
+    """Two classes of PNG, GIF (animated, transparent, upper-case .GIF) and TGA images, a
+    corrupt JPEG, and files that are not images of a class: text, hidden, nested."""
+    write_folder(root, {'a': 2, 'b': 2})
+    (root / 'README.txt').write_text('loose notes')
+    (root / '.DS_Store').write_bytes(b'\0\0')
+    (root / '.cache').mkdir()  # a hidden folder is not a class
+    Image.new('RGB', (8, 8)).save(root / '.cache' / 'thumb.png')
+    (root / 'a' / '.DS_Store').write_bytes(b'\0\0')
+    (root / 'a' / 'notes.txt').write_text('not an image')
+    (root / 'a' / 'sub').mkdir()
+    Image.new('RGB', (8, 8), (9, 9, 9)).save(root / 'a' / 'sub' / 'x.png')
+    (root / 'a' / 'broken.jpg').write_bytes(b'not a jpeg at all')
+    red, blue = Image.new('RGB', (12, 9), (255, 0, 0)), Image.new('RGB', (12, 9), (0, 0, 255))
+    red.save(root / 'b' / 'anim.GIF', save_all=True, append_images=[blue], duration=100)
+    clear = Image.new('P', (8, 8), 0)  # left half: transparent index 0; right half: index 1
+    clear.putpalette([0, 0, 0, 200, 10, 10])
+    clear.paste(1, (4, 0, 8, 8))
+    clear.save(root / 'b' / 'clear.gif', transparency=0)
+    Image.new('RGB', (10, 10), (1, 2, 3)).save(root / 'b' / 'pic.tga')
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)).save(root / 'b/still.gif')
+    return root
+
+
+# messy_folder's images (by name: broken.jpg too), and its other files with their reasons.
+MESSY_IMAGES = ['a/0.png', 'a/1.png', 'a/broken.jpg', 'b/0.png', 'b/1.png', 'b/anim.GIF',
+                'b/clear.gif', 'b/pic.tga', 'b/still.gif']
+NOT_IMAGE = 'not an image file PIL reads (extension .txt)'
+MESSY_SKIPPED = {'.DS_Store': 'hidden file', '.cache/thumb.png': "hidden folder '.cache'",
+                 'README.txt': NOT_IMAGE, 'a/.DS_Store': 'hidden file', 'a/notes.txt': NOT_IMAGE,
+                 'a/sub/x.png': "subfolder of class folder 'a': only files directly inside a "
+                                'class folder are images'}
+
+
+def relative(paths: list[str], root: Path) -> list[str]:
+    """Paths as 'class/name' strings relative to root."""
+    return [Path(p).relative_to(root).as_posix() for p in paths]
 
 
 def write_hdf5(path: Path, imgs: np.ndarray, labels: np.ndarray, **attrs) -> Path:
@@ -212,6 +253,28 @@ def test_load_image_crops_the_centre_of_the_long_edge(tmp_path):
     assert load_image(tmp_path / 'wide.png', 4).shape == (3, 4, 4)
 
 
+def test_images_are_the_files_pil_opens_directly_inside_a_class_folder(tmp_path):
+    assert {'.gif', '.tga', '.ico', '.jpeg', '.png', '.webp'} <= datasets.IMG_EXTENSIONS
+    assert not {'.txt', '.pdf', ''} & datasets.IMG_EXTENSIONS  # PIL only writes PDF
+    root = messy_folder(tmp_path / 'messy')
+    listing = datasets.find_images(root)
+    assert relative([p for p, _ in listing.samples], root) == MESSY_IMAGES
+    assert [y for _, y in listing.samples] == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    skipped = dict(zip(relative([s.path for s in listing.skipped], root), listing.skipped))
+    assert list(skipped) == list(MESSY_SKIPPED)
+    assert all(words in skipped[name].reason for name, words in MESSY_SKIPPED.items())
+    assert [s.kind for s in skipped.values()] == ['hidden', 'hidden', 'non-image', 'hidden',
+                                                  'non-image', 'nested']
+
+
+def test_gifs_give_their_first_frame_with_white_for_transparency(tmp_path):
+    root = messy_folder(tmp_path / 'messy')
+    anim = load_image(root / 'b' / 'anim.GIF', 8).transpose(1, 2, 0)  # (R, R, 3)
+    assert (anim == [255, 0, 0]).all()  # the red first frame, not the blue second
+    clear = load_image(root / 'b' / 'clear.gif', 8).transpose(1, 2, 0)
+    assert (clear[:, :4] == 255).all() and (clear[:, 4:] == [200, 10, 10]).all()
+
+
 def test_augment_is_a_shift_and_flip_of_the_image(tmp_path):
     h5 = random_hdf5(tmp_path / 'a.hdf5', n=4, r=8)
     plain = datasets.HDF5Dataset(h5)
@@ -311,6 +374,26 @@ def test_loader_yields_scaled_images_and_int64_labels(tmp_path):
     assert len(list(loader[0])) == 24 // 5  # drop_last
 
 
+def test_multiepoch_loader_shuffles_with_or_without_shuffle(tmp_path):
+    """As in 2019, --use_multiepoch_sampler draws a permutation per epoch whatever --shuffle
+    says: without it an ImageNet file would be read class by class."""
+    n = 10
+    imgs = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 3, 8, 8))
+    h5 = str(write_hdf5(tmp_path / 'ids.hdf5', imgs.copy(), np.arange(n) % 2, n_classes=2))
+    kw = dict(batch_size=4, num_workers=0, use_multiepoch_sampler=True, num_epochs=3, seed=5)
+
+    def order(**extra) -> list[int]:
+        """The indices of the images the loader yields (image i is filled with i)."""
+        loader = get_data_loaders(h5, **kw, **extra)[0]
+        return [int(i) for x, _ in loader for i in ((x[:, 0, 0, 0] + 1) * 127.5).round()]
+    unshuffled = order(shuffle=False)
+    assert unshuffled == order(shuffle=True) and len(unshuffled) == 28
+    first, second = unshuffled[:n], unshuffled[n:2 * n]
+    assert sorted(first) == sorted(second) == list(range(n))  # whole epochs are permutations
+    assert first != list(range(n)) and first != second  # not file order, a new one per epoch
+    assert order(shuffle=False, start_itr=3) == unshuffled[3 * 4:]  # and resuming still works
+
+
 def test_resumed_loader_sees_the_uninterrupted_batches(tmp_path):
     h5 = str(random_hdf5(tmp_path / 'toy.hdf5', n=10))
     kw = dict(batch_size=4, num_workers=0, use_multiepoch_sampler=True, num_epochs=3, seed=5)
@@ -330,6 +413,24 @@ def test_workers_and_load_in_mem_give_identical_batches(tmp_path):
                    zip(reference, batches(get_data_loaders(h5, **variant, **kw)[0])))
     other_seed = batches(get_data_loaders(h5, num_workers=0, batch_size=4, seed=3)[0])
     assert not torch.equal(reference[0][1], other_seed[0][1])
+
+
+def test_folder_dataset_warns_once_about_the_files_it_leaves_out(tmp_path):
+    root = messy_folder(tmp_path / 'messy')
+    why = (r'ignoring 6 files .*\(3 hidden, 2 non-image, 1 nested\): \.DS_Store, '
+           r'\.cache/thumb\.png, README\.txt and 3 more\. ')
+    with pytest.warns(UserWarning, match=why) as record:
+        data = datasets.ImageFolderDataset(root, 8)
+    assert len(record) == 1 and relative(data.paths, root) == MESSY_IMAGES
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('default')  # Python's own setting: once per place in the code
+        for _ in range(3):
+            datasets.ImageFolderDataset(root, 8)
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # only rank 0 warns (STYLE rule 10)
+        datasets.ImageFolderDataset(root, 8, warn=False)
+        get_data_loaders(str(root), resolution=8, num_workers=0, rank=1, world_size=2)
 
 
 def test_folder_dataset_labels_follow_sorted_class_names(tmp_path):
@@ -413,11 +514,12 @@ def test_compressed_shuffled_reads_warn_and_give_the_same_batches(tmp_path):
     reference = batches(get_data_loaders(plain, **kw)[0])
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
                for a, b in zip(reference, compressed))
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # in memory, or read in order: nothing to warn about
         get_data_loaders(lzf, load_in_mem=True, **kw)
         get_data_loaders(lzf, shuffle=False, **kw)
+    with pytest.warns(UserWarning, match='load_in_mem'):  # the multi-epoch sampler shuffles
+        get_data_loaders(lzf, shuffle=False, use_multiepoch_sampler=True, **kw)
 
 
 @pytest.mark.parametrize('multiepoch', [True, False])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_datasets import write_folder
+from test_datasets import MESSY_IMAGES, MESSY_SKIPPED, messy_folder, relative, write_folder
 
 import make_hdf5
-from datasets import HDF5Dataset, ImageFolderDataset, resolve_dataset
+from datasets import HDF5Dataset, ImageFolderDataset, load_image, resolve_dataset
 
 
 def by_hand(path: Path, r: int) -> torch.Tensor:
@@ -78,13 +78,44 @@ def test_corrupt_images_are_skipped_reported_and_logged(tmp_path, capsys):
     make_hdf5.main(['--dataset', str(folder), '--resolution', '8', '--data_root',
                     str(tmp_path / 'out'), '--num_workers', '2', '--batch_size', '2'])
     out = capsys.readouterr().out
-    output = tmp_path / 'out' / 'shapes_8.hdf5'
-    assert 'Skipped 2 unreadable images' in out and str(output) in out
-    assert 'garbage.jpg' in out and 'truncated.png' in out
-    log = (tmp_path / 'out' / 'shapes_8_skipped.txt').read_text().splitlines()
+    output, log_path = tmp_path / 'out' / 'shapes_8.hdf5', tmp_path / 'out/shapes_8_skipped.txt'
+    assert (f'Wrote 6 images, 2 classes, to {output}; skipped 2 files (2 unreadable), listed '
+            f'in {log_path}') in out
+    assert 'garbage.jpg: PIL failed to decode it' in out and 'truncated.png' in out
+    log = log_path.read_text().splitlines()
     assert len(log) == 2 and 'garbage.jpg' in log[0] and 'truncated.png' in log[1]
     with h5py.File(output) as f:
         assert f['labels'][()].tolist() == [0, 0, 0, 1, 1, 1] and f.attrs['n_skipped'] == 2
+
+
+def test_every_file_is_packed_or_listed_with_its_reason(tmp_path, capsys):
+    """GIFs (animated, transparent) and TGAs are packed; text, hidden, nested and corrupt
+    files are each reported; training from the folder reads the images of the file."""
+    folder = messy_folder(tmp_path / 'messy')
+    make_hdf5.main(['--dataset', str(folder), '--resolution', '8', '--data_root',
+                    str(tmp_path / 'out'), '--num_workers', '2', '--batch_size', '3'])
+    output, log_path = tmp_path / 'out/messy_8.hdf5', tmp_path / 'out/messy_8_skipped.txt'
+    assert (f'Wrote 8 images, 2 classes, to {output}; skipped 7 files (3 hidden, 2 non-image, '
+            f'1 nested, 1 unreadable), listed in {log_path}') in capsys.readouterr().out
+    log = dict(line.split(': ', 1) for line in log_path.read_text().splitlines())
+    assert relative(list(log), folder) == [*MESSY_SKIPPED, 'a/broken.jpg']
+    for name, words in [*MESSY_SKIPPED.items(), ('a/broken.jpg', 'PIL failed to decode')]:
+        assert words in log[str(folder / name)]
+    packed = [name for name in MESSY_IMAGES if name != 'a/broken.jpg']
+    with h5py.File(output) as f:
+        imgs, labels = f['imgs'][()], f['labels'][()].tolist()
+        assert f.attrs['n_skipped'] == 7
+    assert labels == [0, 0] + [1] * 6
+    for name in ('b/anim.GIF', 'b/clear.gif', 'b/pic.tga', 'b/still.gif'):
+        assert np.array_equal(imgs[packed.index(name)], load_image(folder / name, 8))
+    assert (imgs[packed.index('b/anim.GIF')] == np.array([255, 0, 0])[:, None, None]).all()
+    with pytest.warns(UserWarning, match='ignoring 6 files'):
+        unpacked = ImageFolderDataset(folder, 8)
+    kept = [i for i, name in enumerate(relative(unpacked.paths, folder)) if name in packed]
+    assert len(kept) == 8  # the folder dataset has the same images, except the corrupt one
+    data = HDF5Dataset(output)
+    for i, j in enumerate(kept):
+        assert torch.equal(data[i][0], unpacked[j][0]) and data[i][1] == unpacked[j][1]
 
 
 def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
