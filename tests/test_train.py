@@ -365,3 +365,16 @@ def test_toggle_grads_flag_keeps_toggling_on():
     assert vars(parse([]))['toggle_grads'] is True
     assert vars(parse(['--toggle_grads']))['toggle_grads'] is True
     assert vars(parse(['--no_toggle_grads']))['toggle_grads'] is False
+
+
+@pytest.mark.parametrize('norm_style', ['in', 'gn', 'nonorm'])
+def test_norm_styles_train_and_sample_with_standing_stats(tmp_path, data_file, norm_style):
+    """--norm_style in/gn/nonorm with --accumulate_stats used to crash at the first save."""
+    state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '4',
+                                 '--norm_style', norm_style, '--accumulate_stats',
+                                 '--num_standing_accumulations', '2', '--G_eval_mode'))
+    assert state['itr'] == 4
+    assert (tmp_path / 'run' / 'samples' / 'tiny' / '4' / 'samples0.jpg').is_file()
+    G = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'G.pth'))
+    assert ('blocks.0.0.bn1.stored_mean' in G) == (norm_style == 'in')
+    assert 'output_layer.0.stored_mean' in G
