@@ -308,6 +308,10 @@ class ccbn(StoredStatsNorm):
         elif not (norm_style == 'nonorm' or norm_style.startswith('gn')):
             raise ValueError(f"norm_style must be bn, in, gn[_ch_N|_grp_N] or nonorm, "
                              f"got {norm_style!r}")
+        elif norm_style.startswith('gn') and output_size % _num_groups(norm_style, output_size):
+            raise ValueError(f'--norm_style {norm_style}: {_num_groups(norm_style, output_size)} '
+                             f'groups do not divide a G layer of {output_size} channels; pick '
+                             f"gn_grp_N with N dividing every layer's channels, or gn_ch_N")
         self.eps = eps
 
     @property

@@ -154,6 +154,10 @@ def test_norm_styles_run_and_bad_style_is_an_error():
         assert out.shape == x.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match='norm_style'):
         layers.ccbn(32, 5, torch.nn.Linear, norm_style='ln')
+    # Groups that do not divide a layer's channels: said at construction, not mid-forward.
+    for style in ('gn', 'gn_grp_3'):
+        with pytest.raises(ValueError, match='groups do not divide a G layer of 8 channels'):
+            layers.ccbn(8, 5, torch.nn.Linear, norm_style=style)
 
 
 def _tiny_G(norm_style, seed=0):
