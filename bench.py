@@ -90,8 +90,8 @@ def build_step(config: dict, device: torch.device) -> Step:
     GD = G_D(G, D)
     if config['compile']:
         GD = torch.compile(GD)
-    latents = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
-                            config['z_var'])
+    latents = utils.Latents(train_fns.latent_batch_size(config), G.dim_z, config['n_classes'],
+                            device, config['z_var'])
     step = train_fns.GAN_training_function(G, D, GD, G_optim, D_optim, latents, ema,
                                            state_dict, config, precision)
     n, res = real_images_per_iter(config), config['resolution']

@@ -254,10 +254,9 @@ def run(config: dict) -> dict:
                                           'world_size': world_size,
                                           'minibatches': minibatches})[0]
 
-    # Training function, fixed samples, metrics. As in 2019, enough latents are drawn for
-    # D's batch_size fakes and G's G_batch_size, whichever is larger:
-    latents = utils.Latents(max(config['G_batch_size'], config['batch_size']), G.dim_z,
-                            config['n_classes'], device, config['z_var'], rank, world_size)
+    # Training function, fixed samples, metrics:
+    latents = utils.Latents(train_fns.latent_batch_size(config), G.dim_z, config['n_classes'],
+                            device, config['z_var'], rank, world_size)
     fixed = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
                           config['z_var'])
     fixed_z, fixed_y = (t.clone() for t in fixed.sample_())

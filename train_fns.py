@@ -107,6 +107,12 @@ def _sync_unless_last(net: nn.Module, index: int, count: int):
 # ----------------------------------------------------------------------------------------
 
 
+def latent_batch_size(config: dict) -> int:
+    """Latent rows an iteration draws per minibatch: D's batch_size fakes and G's
+    G_batch_size, whichever is larger (as 2019 drew them)."""
+    return max(config['G_batch_size'] or config['batch_size'], config['batch_size'])
+
+
 def GAN_training_function(G: nn.Module, D: nn.Module, GD: nn.Module,
                           G_optim: torch.optim.Optimizer, D_optim: torch.optim.Optimizer,
                           latents: utils.Latents, ema: Optional[utils.ema], state_dict: dict,
@@ -116,8 +122,8 @@ def GAN_training_function(G: nn.Module, D: nn.Module, GD: nn.Module,
     """Build `train(x, y) -> losses`: one BigGAN iteration (SPEC §3).
 
     `x`, `y` hold batch_size * num_D_steps * num_D_accumulations real images and labels.
-    `latents` draws at least max(batch_size, G_batch_size) rows: each D minibatch pits
-    batch_size fakes against batch_size reals (as in 2019), each G minibatch has G_batch_size.
+    `latents` draws `latent_batch_size(config)` rows: each D minibatch pits batch_size fakes
+    against batch_size reals (as in 2019), each G minibatch has G_batch_size.
     Losses come back as detached tensors, so the step never waits for the device.
     G_ddp / D_ddp are the DDP wrappers (if any) whose `no_sync` skips the all-reduce of
     all but the last accumulated minibatch.
