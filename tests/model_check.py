@@ -59,3 +59,11 @@ def check_reference(ref: dict, atol: float = 1e-4) -> None:
         assert expected, 'reference holds no buffers'
         for key, value in expected.items():
             torch.testing.assert_close(state[key], value, atol=atol, rtol=0, msg=key)
+
+
+def check_parameter_order(ref: dict) -> None:
+    """Parameters are registered in the reference's order (Adam states are keyed by it)."""
+    module = model_module(ref['config'])
+    for name, cls in (('G', module.Generator), ('D', module.Discriminator)):
+        params = [k for k, _ in cls(**ref['config']).named_parameters()]
+        assert [k for k in ref[name] if k in set(params)] == params, name
