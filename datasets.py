@@ -7,9 +7,11 @@ forms, C10, C100) or a path to an image folder / HDF5 file into a `DatasetSpec`;
 torchvision `Resize` did), so a folder and the HDF5 file `make_hdf5.py` packs from it give
 identical pixels. A folder's images are the files directly inside its class folders with an
 extension PIL opens (an animated GIF gives its first frame); `find_images` lists every other
-file under it with the reason it is left out. `--augment` shifts by up to R/8 pixels
-(reflect padding) and flips left-right, on folder, HDF5 and CIFAR data alike, drawn from
-(seed, position in the data stream) so that worker counts and resuming do not change it.
+file under it with the reason it is left out. An image PIL cannot decode is named in a
+warning and replaced by the next one that does, with its label (`ImageFolderDataset.item`).
+`--augment` shifts by up to R/8 pixels (reflect padding) and flips left-right, on folder,
+HDF5 and CIFAR data alike, drawn from (seed, position in the data stream) so that worker
+counts and resuming do not change it.
 `make_demo_folder` writes the built-in demo dataset (`python make_hdf5.py --make_demo
 data/demo` writes and packs it).
 
@@ -34,6 +36,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -283,6 +286,11 @@ def _outside_classes(root: Path) -> list[SkippedFile]:
     return skipped
 
 
+def unreadable(path: str, err: Exception) -> SkippedFile:
+    """The SkippedFile of an image PIL failed to decode, with PIL's error."""
+    return SkippedFile(path, 'unreadable', f'PIL failed to decode it: {type(err).__name__}: {err}')
+
+
 def count_kinds(skipped: list[SkippedFile]) -> str:
     """Skipped files counted by kind, e.g. '2 non-image, 1 nested, 1 unreadable'."""
     return ', '.join(f'{n} {kind}' for kind, n in Counter(s.kind for s in skipped).items())
@@ -290,12 +298,16 @@ def count_kinds(skipped: list[SkippedFile]) -> str:
 
 def _skipped_warning(root: str | os.PathLike, skipped: list[SkippedFile]) -> str:
     """One line: how many files under root are not images of a class, why, a few examples."""
-    examples = ', '.join(os.path.relpath(s.path, root) for s in skipped[:3])
-    more = f' and {len(skipped) - 3} more' if len(skipped) > 3 else ''
     return (f'{root}: ignoring {len(skipped)} files that are not images of a class '
-            f'({count_kinds(skipped)}): {examples}{more}. Images are the files PIL opens (by '
-            f'extension) directly inside a class folder; make_hdf5.py lists every skipped '
-            f'file with its reason')
+            f'({count_kinds(skipped)}): {_examples(root, skipped)}. Images are the files PIL '
+            f'opens (by extension) directly inside a class folder; make_hdf5.py lists every '
+            f'skipped file with its reason')
+
+
+def _examples(root: str | os.PathLike, skipped: list[SkippedFile], limit: int = 3) -> str:
+    """The first `limit` paths relative to root, e.g. 'a/x.txt, b/y.jpg and 4 more'."""
+    more = f' and {len(skipped) - limit} more' if len(skipped) > limit else ''
+    return ', '.join(os.path.relpath(s.path, root) for s in skipped[:limit]) + more
 
 
 # ----------------------------------------------------------------------------- HDF5
@@ -309,10 +321,24 @@ class HDF5Info:
     labels: np.ndarray
     compression: str | None = None  # the imgs filter, e.g. 'lzf'
     chunk_images: int = 0  # images per imgs chunk (0: not chunked)
+    n_classes_from: str = 'attribute'  # or 'given' (by the caller), 'labels' (largest + 1)
+
+
+# Why a file has the class count it has, for the warning about classes with no images.
+_CLASS_COUNT_FROM = {
+    'attribute': "the class count is the file's n_classes attribute",
+    'given': 'the class count is the one given for this dataset',
+    'labels': 'the file has no n_classes attribute, so the class count is its largest label + 1 '
+              '(one stray label inflates it); make_hdf5.py records n_classes',
+}
+_warned_empty: set[tuple[str, int]] = set()  # (file, class count) warned about in this process
 
 
 def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5Info:
-    """Validate an HDF5 file's `imgs`/`labels` and read its class count (attr or max+1)."""
+    """Validate an HDF5 file's `imgs`/`labels` and read its class count (attr or max+1).
+
+    Classes with no images are reported in a warning, once per file in a process.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'HDF5 file {path} does not exist; make it with '
@@ -329,7 +355,9 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
         shape, chunks = f['imgs'].shape, f['imgs'].chunks
         compression = f['imgs'].compression
         labels = f['labels'][()].astype(np.int64)
-        n_classes = n_classes or int(f.attrs.get('n_classes', 0)) or int(labels.max()) + 1
+        attr = int(f.attrs.get('n_classes', 0))
+    source = 'given' if n_classes else 'attribute' if attr else 'labels'
+    n_classes = n_classes or attr or int(labels.max()) + 1
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise ValueError(f'{path}: imgs has shape {shape}; expected [N, 3, R, R] uint8')
     if labels.shape != (shape[0],):
@@ -337,8 +365,28 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f'{path}: labels span [{labels.min()}, {labels.max()}] but must lie in '
                          f'[0, {n_classes}); the file and the class count disagree')
+    _warn_empty_classes(path, labels, n_classes, source)
     return HDF5Info(shape[0], shape[2], n_classes, labels, compression,
-                    chunks[0] if chunks else 0)
+                    chunks[0] if chunks else 0, source)
+
+
+def _warn_empty_classes(path: Path, labels: np.ndarray, n_classes: int, source: str) -> None:
+    """Warn once per (file, class count) in this process, on rank 0 under DDP, about the
+    classes with no images."""
+    empty = np.setdiff1d(np.arange(n_classes), labels)
+    key = (str(path.resolve()), n_classes)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if len(empty) and key not in _warned_empty and rank0:
+        _warned_empty.add(key)
+        warnings.warn(f'{path}: {len(empty)} of its {n_classes} classes have no images (labels '
+                      f'{_ranges(empty)}); {_CLASS_COUNT_FROM[source]}', stacklevel=3)
+
+
+def _ranges(values: np.ndarray, limit: int = 10) -> str:
+    """Sorted integers as ranges, e.g. [3, 4, 5, 9] -> '3-5, 9' (the first `limit` of them)."""
+    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
+    text = [f'{r[0]}-{r[-1]}' if len(r) > 1 else f'{r[0]}' for r in runs[:limit]]
+    return ', '.join(text) + (f' and {len(runs) - limit} more ranges' if len(runs) > limit else '')
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -347,7 +395,8 @@ def resolve_dataset(dataset: str, data_root: str = 'data', resolution: int | Non
                     single_class_ok: bool = False) -> DatasetSpec:
     """A 2019 dataset name, or the path of an image folder / .hdf5 file, as a DatasetSpec.
 
-    `single_class_ok` accepts a folder with one class subfolder (unconditional data).
+    `single_class_ok` accepts one class (unconditional data): a folder with one class
+    subfolder, or an HDF5 file with no n_classes attribute whose labels are all 0.
     """
     if dataset in DATASETS:
         spec = DATASETS[dataset]
@@ -369,6 +418,11 @@ def resolve_dataset(dataset: str, data_root: str = 'data', resolution: int | Non
         if not resolution:
             raise ValueError(f'{path} is an image folder: give the training resolution with '
                              f'--resolution (e.g. 32, 64, 128)')
+        from BigGAN import G_CHANNELS  # not at the top: loader workers need not load torchvision
+        if resolution not in G_CHANNELS:
+            raise ValueError(f'--resolution {resolution}: the models have no architecture for '
+                             f'{resolution}x{resolution} images; use one of '
+                             f'{", ".join(map(str, sorted(G_CHANNELS)))}')
         n_classes = len(find_classes(path, single_class_ok))
     else:
         info = inspect_hdf5(path)
@@ -376,9 +430,21 @@ def resolve_dataset(dataset: str, data_root: str = 'data', resolution: int | Non
             raise ValueError(f'{path} holds {info.resolution}x{info.resolution} images but '
                              f'--resolution {resolution} was given; repack it with make_hdf5.py'
                              f' --resolution {resolution}, or drop --resolution')
+        if info.n_classes_from == 'labels' and info.n_classes == 1 and not single_class_ok:
+            raise ValueError(_one_class_file(path))
         resolution, n_classes = info.resolution, info.n_classes
     return DatasetSpec(path.stem, 'folder' if path.is_dir() else 'hdf5', path, resolution,
                        n_classes, min(n_classes, 50 if resolution <= 64 else 20), path.parent)
+
+
+def _one_class_file(path: Path) -> str:
+    """Why an HDF5 file without n_classes whose labels are all 0 is refused, and what to do."""
+    return (f'{path} has no n_classes attribute and every label is 0: one class, so a '
+            f'conditional run would learn nothing from its labels (the 2019 make_hdf5.py wrote '
+            f'such files from a folder with one class subfolder, or nested a level too deep). '
+            f'For unconditional training pass --unconditional. Repack the image folder with '
+            f'make_hdf5.py, which checks its classes and records n_classes (1 with '
+            f'--unconditional: a file that says so is accepted by every script)')
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -398,16 +464,21 @@ class ImageDataset(Dataset):
         """The uint8 [3, R, R] image at index."""
         raise NotImplementedError
 
+    def item(self, index: int) -> tuple[np.ndarray, int]:
+        """The uint8 [3, R, R] image at index and its label."""
+        return self.image(index), int(self.labels[index])
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """Image and label at `key`: an index, or (index, draw) from a sampler with draws=True,
         whose augmentation then depends only on (augment_seed, draw), not on which loader
         worker reads it or whether the run was resumed."""
         index, draw = key if isinstance(key, tuple) else (key, None)
-        x = to_float(self.image(index))
+        img, label = self.item(index)
+        x = to_float(img)
         if self.augment:
             gen = None if draw is None else draw_generator(self.augment_seed, draw)
             x = random_crop_flip(x, gen)
-        return x, int(self.labels[index])
+        return x, label
 
 
 class ArrayDataset(ImageDataset):
@@ -425,7 +496,8 @@ class ImageFolderDataset(ImageDataset):
     """A class-per-subfolder image folder, decoded on the fly (or all at once: load_in_mem).
 
     Files that are not images of a class (see find_images) are left out with a warning,
-    unless `warn` is off (on ranks other than 0).
+    unless `warn` is off (on ranks other than 0). Images PIL cannot decode are replaced (see
+    `item`) or, with load_in_mem, dropped at load time and added to `skipped`.
     """
 
     def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False,
@@ -435,15 +507,59 @@ class ImageFolderDataset(ImageDataset):
         self.classes, self.skipped = listing.classes, listing.skipped
         if self.skipped and warn:
             warnings.warn(_skipped_warning(root, self.skipped), stacklevel=2)
-        self.paths = [p for p, _ in listing.samples]
+        self.root, self.paths = Path(root), [p for p, _ in listing.samples]
         self.resolution = resolution
-        self.imgs = (np.stack([load_image(p, resolution) for p in self.paths])
-                     if load_in_mem else None)
+        self.imgs = self._load_all(warn) if load_in_mem else None
+        self._unreadable: set[int] = set()  # indices this process failed to decode (warned)
+
+    def _load_all(self, warn: bool) -> np.ndarray:
+        """Decode every image (load_in_mem), dropping unreadable ones with one warning."""
+        imgs, keep, bad = [], [], []
+        for i, path in enumerate(self.paths):
+            try:
+                imgs.append(load_image(path, self.resolution))
+                keep.append(i)
+            except Exception as e:  # as make_hdf5.py: any decoder failure skips one image
+                bad.append(unreadable(path, e))
+        if not imgs:
+            raise ValueError(_none_readable(self.root, len(self.paths), bad[0].reason))
+        if bad and warn:
+            warnings.warn(f'{self.root}: leaving out {len(bad)} images PIL cannot decode: '
+                          f'{_examples(self.root, bad, 10)}. make_hdf5.py lists each with its '
+                          f'error', stacklevel=3)
+        self.paths, self.labels = [self.paths[i] for i in keep], self.labels[keep]
+        self.skipped.extend(bad)
+        return np.stack(imgs)
 
     def image(self, index: int) -> np.ndarray:
+        return self.item(index)[0]
+
+    def item(self, index: int) -> tuple[np.ndarray, int]:
+        """Image and label at index; an image PIL cannot decode is replaced by the next that
+        decodes (index + 1, + 2, ... mod N), with that image's label: a function of index
+        alone, so worker counts and resuming give the same substitute. Each unreadable file
+        is named in a warning once per process (loader worker) that meets it."""
         if self.imgs is not None:
-            return self.imgs[index]
-        return load_image(self.paths[index], self.resolution)
+            return self.imgs[index], int(self.labels[index])
+        n, error = len(self.paths), ''
+        for i in (k % n for k in range(index, index + n)):
+            if i in self._unreadable:
+                continue
+            try:
+                return load_image(self.paths[i], self.resolution), int(self.labels[i])
+            except Exception as e:  # one corrupt file must not end a run hours in
+                self._unreadable.add(i)
+                error = unreadable(self.paths[i], e).reason
+                warnings.warn(f'{self.paths[i]}: {error}; training uses the next image of the '
+                              f'folder that decodes (with its label) in its place. make_hdf5.py '
+                              f'lists every unreadable file of a folder', stacklevel=2)
+        raise ValueError(_none_readable(self.root, n, error))
+
+
+def _none_readable(root: Path, n: int, error: str) -> str:
+    example = f' (e.g. {error})' if error else ''
+    return (f'none of the {n} images under {root} can be decoded{example}; run make_hdf5.py '
+            f'on the folder to list each with its error')
 
 
 class HDF5Dataset(ImageDataset):

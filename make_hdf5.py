@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from BigGAN import G_CHANNELS
 from datasets import (
     DATASETS,
     SkippedFile,
@@ -41,6 +42,7 @@ from datasets import (
     load_image,
     make_demo_folder,
     resolve_dataset,
+    unreadable,
 )
 
 
@@ -58,8 +60,7 @@ class _Decoder(Dataset):
         try:
             return load_image(path, self.resolution), label, None
         except Exception as e:  # any decoder failure skips one image, never the whole run
-            return None, label, SkippedFile(path, 'unreadable', f'PIL failed to decode it: '
-                                                                f'{type(e).__name__}: {e}')
+            return None, label, unreadable(path, e)
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]]:
@@ -151,7 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--unconditional', action='store_true',
                    help='accept a folder with a single class subfolder (unconditional data)')
     p.add_argument('--resolution', type=int, default=None,
-                   help='output size; required for a folder path (named datasets fix it)')
+                   help=f'output size, one of {sorted(G_CHANNELS)}; required for a folder '
+                        f'path (named datasets fix it)')
     p.add_argument('--output', default='',
                    help='output file (default <data_root>/ILSVRC<R>.hdf5 for named datasets, '
                         '<data_root>/<folder name>_<R>.hdf5 for a folder path)')
@@ -173,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, make the demo folder if asked, pack, report what was skipped and why."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Checked before any image is written or read: a file at another size trains nothing.
+    if args.resolution is not None and args.resolution not in G_CHANNELS:
+        raise SystemExit(f'--resolution {args.resolution}: no model has an '
+                         f'architecture for {args.resolution}x{args.resolution} images, so '
+                         f'nothing could train on the file; use one of '
+                         f'{", ".join(map(str, sorted(G_CHANNELS)))}')
 
     # Demo: write the image folder first; it is then packed like any user folder.
     if args.make_demo:

@@ -17,7 +17,9 @@ from datasets import (
     get_data_loaders,
     load_image,
     make_demo_folder,
+    random_crop_flip,
     resolve_dataset,
+    to_float,
     to_rgb,
 )
 
@@ -115,8 +117,8 @@ def test_named_datasets_follow_the_2019_table():
 
 def test_path_datasets_read_resolution_and_classes_from_the_data(tmp_path):
     folder = write_folder(tmp_path / 'pets', {'cat': 1, 'dog': 1, 'eel': 1})
-    spec = resolve_dataset(str(folder), resolution=16)
-    assert (spec.name, spec.kind, spec.resolution, spec.n_classes) == ('pets', 'folder', 16, 3)
+    spec = resolve_dataset(str(folder), resolution=64)
+    assert (spec.name, spec.kind, spec.resolution, spec.n_classes) == ('pets', 'folder', 64, 3)
     assert spec.moments_path == tmp_path / 'pets_inception_moments.npz'
     h5 = random_hdf5(tmp_path / 'toy_8.hdf5', n_classes=5)
     spec = resolve_dataset(str(h5))
@@ -150,28 +152,33 @@ def test_folder_checks_fire_with_helpful_messages(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(ValueError, match='empty'):
-        resolve_dataset(str(empty), resolution=8)
+        resolve_dataset(str(empty), resolution=32)
 
     loose = write_folder(tmp_path / 'loose', {'a': 1, 'b': 1})
     Image.new('RGB', (8, 8)).save(loose / 'stray.png')
     with pytest.raises(ValueError, match='1 images directly inside'):
-        resolve_dataset(str(loose), resolution=8)
+        resolve_dataset(str(loose), resolution=32)
 
     one = write_folder(tmp_path / 'one', {'only': 2})
     with pytest.raises(ValueError, match='only one class subfolder') as info:
-        resolve_dataset(str(one), resolution=8)
+        resolve_dataset(str(one), resolution=32)
     assert 'label every image 0' in str(info.value)
 
     # ImageNet/train/<class>/...: one level too deep, the 2019 silent all-zero labels.
     nested = write_folder(tmp_path / 'ImageNet' / 'train', {'n01': 1, 'n02': 1})
     with pytest.raises(ValueError, match='nested one level too deep') as info:
-        resolve_dataset(str(nested.parent), resolution=8)
+        resolve_dataset(str(nested.parent), resolution=32)
     assert str(nested) in str(info.value)
+
+    two = write_folder(tmp_path / 'two', {'a': 1, 'b': 1})
+    with pytest.raises(ValueError, match='--resolution 33: the models have no architecture for '
+                                         '33x33 images; use one of 32, 64, 128, 256, 512'):
+        resolve_dataset(str(two), resolution=33)
 
     # train/ and val/ side by side: two "classes" whose images are one level deeper.
     write_folder(tmp_path / 'ImageNet' / 'val', {'n01': 1, 'n02': 1})
     with pytest.raises(ValueError, match='nested one level too deep'):
-        get_data_loaders(str(tmp_path / 'ImageNet'), resolution=8, num_workers=0)
+        get_data_loaders(str(tmp_path / 'ImageNet'), resolution=32, num_workers=0)
 
 
 def test_named_folder_must_have_its_class_count(tmp_path):
@@ -204,10 +211,54 @@ def test_hdf5_checks_fire_with_helpful_messages(tmp_path):
     with pytest.raises(ValueError, match=r'\[0, 1000\)'):
         get_data_loaders('I32_hdf5', data_root=str(tmp_path), num_workers=0)
     write_hdf5(tmp_path / 'ILSVRC64.hdf5', np.zeros((2, 3, 32, 32), np.uint8), np.array([0, 1]))
-    with pytest.raises(ValueError, match='holds 32x32 images but I64_hdf5 is 64x64'):
+    with (pytest.raises(ValueError, match='holds 32x32 images but I64_hdf5 is 64x64'),
+          pytest.warns(UserWarning, match='998 of its 1000 classes have no images .* given')):
         get_data_loaders('I64_hdf5', data_root=str(tmp_path), num_workers=0)
     with pytest.raises(FileNotFoundError, match='make_hdf5.py'):
         get_data_loaders('I128_hdf5', data_root=str(tmp_path), num_workers=0)
+
+
+def test_hdf5_without_n_classes_reports_empty_classes_once(tmp_path):
+    """A 2019 file's class count is its largest label + 1: a stray label 99 makes 96 empty
+    classes, named compactly once per file however often start-up inspects it."""
+    imgs = np.zeros((4, 3, 32, 32), np.uint8)
+    stray = write_hdf5(tmp_path / 'stray.hdf5', imgs, np.array([0, 1, 2, 99]))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('always')  # Python's once-per-place filter off: ours must hold
+        assert resolve_dataset(str(stray)).n_classes == 100
+        resolve_dataset(str(stray))
+        get_data_loaders(str(stray), num_workers=0)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert '96 of its 100 classes have no images (labels 3-98)' in message
+    assert 'no n_classes attribute' in message and 'largest label' in message
+    attr = write_hdf5(tmp_path / 'attr.hdf5', imgs, np.array([0, 2, 2, 5]), n_classes=7)
+    with pytest.warns(UserWarning, match=r"4 of its 7 classes have no images \(labels 1, 3-4, "
+                                         r"6\); the class count is the file's n_classes attr"):
+        assert resolve_dataset(str(attr)).n_classes == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # every class has images: nothing to say
+        full = str(random_hdf5(tmp_path / 'full.hdf5', r=32))
+        assert resolve_dataset(full).n_classes == 3
+        get_data_loaders(full, num_workers=0)
+
+
+def test_hdf5_whose_labels_are_all_0_needs_unconditional(tmp_path):
+    """Without n_classes, all-zero labels are a one-class file: refused as a one-class
+    folder is, unless unconditional training is asked for."""
+    imgs = np.zeros((3, 3, 32, 32), np.uint8)
+    zeros = str(write_hdf5(tmp_path / 'zeros.hdf5', imgs, np.zeros(3, np.int64)))
+    with pytest.raises(ValueError, match='every label is 0') as info:
+        resolve_dataset(zeros)
+    assert '--unconditional' in str(info.value)
+    with pytest.raises(ValueError, match='--unconditional'):
+        get_data_loaders(zeros, num_workers=0)
+    assert resolve_dataset(zeros, single_class_ok=True).n_classes == 1
+    loader = get_data_loaders(zeros, batch_size=3, num_workers=0, unconditional=True)[0]
+    assert next(iter(loader))[1].tolist() == [0, 0, 0]
+    # make_hdf5.py --unconditional records n_classes = 1: that file chose one class.
+    one = write_hdf5(tmp_path / 'one.hdf5', imgs, np.zeros(3, np.int64), n_classes=1)
+    assert resolve_dataset(str(one)).n_classes == 1
 
 
 def test_cifar_offline_names_the_folder_and_what_to_put_there(tmp_path, monkeypatch):
@@ -430,7 +481,7 @@ def test_folder_dataset_warns_once_about_the_files_it_leaves_out(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # only rank 0 warns (STYLE rule 10)
         datasets.ImageFolderDataset(root, 8, warn=False)
-        get_data_loaders(str(root), resolution=8, num_workers=0, rank=1, world_size=2)
+        get_data_loaders(str(root), resolution=32, num_workers=0, rank=1, world_size=2)
 
 
 def test_folder_dataset_labels_follow_sorted_class_names(tmp_path):
@@ -440,6 +491,68 @@ def test_folder_dataset_labels_follow_sorted_class_names(tmp_path):
     assert data.labels.tolist() == [0, 1, 1, 1, 2, 2]
     in_mem = datasets.ImageFolderDataset(folder, 8, load_in_mem=True)
     assert all(torch.equal(data[i][0], in_mem[i][0]) for i in range(len(data)))
+
+
+def corrupt_folder(root: Path) -> Path:
+    """Classes a and b of two PNGs each, then a corrupt JPEG (indices 2 and 5): garbage in a,
+    a JPEG cut in half in b."""
+    write_folder(root, {'a': 2, 'b': 2})
+    (root / 'a' / 'z_broken.jpg').write_bytes(b'not a jpeg at all')
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / 'b' / 'z_broken.jpg')
+    whole = (root / 'b' / 'z_broken.jpg').read_bytes()
+    (root / 'b' / 'z_broken.jpg').write_bytes(whole[:len(whole) // 2])
+    return root
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_folder_training_replaces_a_corrupt_image_by_the_next_with_its_label(tmp_path,
+                                                                             num_workers):
+    """Index 2 (a/z_broken.jpg) gives image 3 (b/0.png) with its label 1; index 5 wraps
+    round to image 0. Augmentation is still drawn from the stream position."""
+    root = corrupt_folder(tmp_path / 'f')
+    kw = dict(resolution=32, batch_size=6, num_workers=num_workers, shuffle=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('always')
+        loader = get_data_loaders(str(root), **kw)[0]
+        (x, y), = batches(loader)
+        assert len(batches(loader)) == 1  # a second epoch: no second warning
+    names = ['a/0.png', 'a/1.png', 'b/0.png', 'b/0.png', 'b/1.png', 'a/0.png']
+    expected = torch.stack([to_float(load_image(root / name, 32)) for name in names])
+    assert torch.equal(x, expected) and y.tolist() == [0, 0, 1, 1, 1, 0]
+    if num_workers == 0:  # loader workers warn in their own processes
+        named = [[c for c in 'ab' if str(root / c / 'z_broken.jpg') in str(w.message)]
+                 for w in record]
+        assert named == [['a'], ['b']]  # each file once, over two epochs
+        assert 'truncated' in str(record[1].message)  # with PIL's error
+        assert all('make_hdf5.py' in str(w.message) for w in record)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # a new dataset object: the same warnings again
+        (augmented, _), = batches(get_data_loaders(str(root), augment=True, **kw)[0])
+    for draw in range(6):
+        want = random_crop_flip(expected[draw], datasets.draw_generator(0, draw))
+        assert torch.equal(augmented[draw], want)
+
+
+def test_load_in_mem_leaves_out_corrupt_images_with_one_warning(tmp_path):
+    root = corrupt_folder(tmp_path / 'f')
+    with pytest.warns(UserWarning, match=r'leaving out 2 images PIL cannot decode: '
+                                         r'a/z_broken\.jpg, b/z_broken\.jpg\.') as record:
+        data = datasets.ImageFolderDataset(root, 32, load_in_mem=True)
+    assert len(record) == 1 and [s.kind for s in data.skipped] == ['unreadable'] * 2
+    names = ['a/0.png', 'a/1.png', 'b/0.png', 'b/1.png']
+    assert relative(data.paths, root) == names and data.labels.tolist() == [0, 0, 1, 1]
+    for i, name in enumerate(names):
+        assert torch.equal(data[i][0], to_float(load_image(root / name, 32)))
+    # Nothing decodes: a clear error, whether loaded up front or on the fly.
+    hopeless = tmp_path / 'hopeless'
+    for name in ('a', 'b'):
+        (hopeless / name).mkdir(parents=True)
+        (hopeless / name / 'x.jpg').write_bytes(b'junk')
+    with pytest.raises(ValueError, match='none of the 2 images under .* can be decoded'):
+        datasets.ImageFolderDataset(hopeless, 32, load_in_mem=True)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match='none of the 2 images'):
+        datasets.ImageFolderDataset(hopeless, 32)[1]
 
 
 # ----------------------------------------------------------------------------- demo

@@ -75,10 +75,10 @@ def test_corrupt_images_are_skipped_reported_and_logged(tmp_path, capsys):
     (folder / 'a' / 'garbage.jpg').write_bytes(b'not an image at all')
     good = (folder / 'b' / '0.png').read_bytes()
     (folder / 'b' / 'truncated.png').write_bytes(good[:len(good) // 2])
-    make_hdf5.main(['--dataset', str(folder), '--resolution', '8', '--data_root',
+    make_hdf5.main(['--dataset', str(folder), '--resolution', '32', '--data_root',
                     str(tmp_path / 'out'), '--num_workers', '2', '--batch_size', '2'])
     out = capsys.readouterr().out
-    output, log_path = tmp_path / 'out' / 'shapes_8.hdf5', tmp_path / 'out/shapes_8_skipped.txt'
+    output, log_path = tmp_path / 'out' / 'shapes_32.hdf5', tmp_path / 'out/shapes_32_skipped.txt'
     assert (f'Wrote 6 images, 2 classes, to {output}; skipped 2 files (2 unreadable), listed '
             f'in {log_path}') in out
     assert 'garbage.jpg: PIL failed to decode it' in out and 'truncated.png' in out
@@ -92,9 +92,9 @@ def test_every_file_is_packed_or_listed_with_its_reason(tmp_path, capsys):
     """GIFs (animated, transparent) and TGAs are packed; text, hidden, nested and corrupt
     files are each reported; training from the folder reads the images of the file."""
     folder = messy_folder(tmp_path / 'messy')
-    make_hdf5.main(['--dataset', str(folder), '--resolution', '8', '--data_root',
+    make_hdf5.main(['--dataset', str(folder), '--resolution', '32', '--data_root',
                     str(tmp_path / 'out'), '--num_workers', '2', '--batch_size', '3'])
-    output, log_path = tmp_path / 'out/messy_8.hdf5', tmp_path / 'out/messy_8_skipped.txt'
+    output, log_path = tmp_path / 'out/messy_32.hdf5', tmp_path / 'out/messy_32_skipped.txt'
     assert (f'Wrote 8 images, 2 classes, to {output}; skipped 7 files (3 hidden, 2 non-image, '
             f'1 nested, 1 unreadable), listed in {log_path}') in capsys.readouterr().out
     log = dict(line.split(': ', 1) for line in log_path.read_text().splitlines())
@@ -107,15 +107,30 @@ def test_every_file_is_packed_or_listed_with_its_reason(tmp_path, capsys):
         assert f.attrs['n_skipped'] == 7
     assert labels == [0, 0] + [1] * 6
     for name in ('b/anim.GIF', 'b/clear.gif', 'b/pic.tga', 'b/still.gif'):
-        assert np.array_equal(imgs[packed.index(name)], load_image(folder / name, 8))
+        assert np.array_equal(imgs[packed.index(name)], load_image(folder / name, 32))
     assert (imgs[packed.index('b/anim.GIF')] == np.array([255, 0, 0])[:, None, None]).all()
     with pytest.warns(UserWarning, match='ignoring 6 files'):
-        unpacked = ImageFolderDataset(folder, 8)
+        unpacked = ImageFolderDataset(folder, 32)
     kept = [i for i, name in enumerate(relative(unpacked.paths, folder)) if name in packed]
     assert len(kept) == 8  # the folder dataset has the same images, except the corrupt one
     data = HDF5Dataset(output)
     for i, j in enumerate(kept):
         assert torch.equal(data[i][0], unpacked[j][0]) and data[i][1] == unpacked[j][1]
+
+
+def test_resolutions_no_model_has_are_refused_before_anything_is_written(tmp_path,
+                                                                       monkeypatch):
+    folder = write_folder(tmp_path / 'f', {'a': 1, 'b': 1})
+    monkeypatch.setattr(make_hdf5, 'load_image', lambda *args: pytest.fail('an image was read'))
+    out, demo = tmp_path / 'out', tmp_path / 'demo'
+    for argv in (['--dataset', str(folder)], ['--make_demo', str(demo)]):
+        with pytest.raises(SystemExit) as info:
+            make_hdf5.main([*argv, '--resolution', '33', '--data_root', str(out),
+                            '--num_workers', '0'])
+        assert str(info.value) == ('--resolution 33: no model has an architecture for 33x33 '
+                                   'images, so nothing could train on the file; use one of 32, '
+                                   '64, 128, 256, 512')
+    assert not out.exists() and not demo.exists()
 
 
 def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
@@ -147,10 +162,10 @@ def test_killed_run_leaves_no_file_under_the_final_name(tmp_path):
     folder = write_folder(tmp_path / 'f', {'a': 40, 'b': 40})
     root = Path(make_hdf5.__file__).parent
     proc = subprocess.Popen([sys.executable, '-c', SLOW_PACK, '--dataset', str(folder),
-                             '--resolution', '8', '--data_root', str(tmp_path / 'out'),
+                             '--resolution', '32', '--data_root', str(tmp_path / 'out'),
                              '--num_workers', '0', '--batch_size', '4'], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = tmp_path / 'out' / 'f_8.hdf5.partial'
+    partial = tmp_path / 'out' / 'f_32.hdf5.partial'
     deadline = time.time() + 30
     while not partial.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -172,9 +187,9 @@ def test_named_dataset_and_demo_command_lines(tmp_path, capsys):
     assert f'Wrote the demo image folder {demo}' in capsys.readouterr().out
     spec = resolve_dataset(str(tmp_path / 'demo_32.hdf5'))
     assert (spec.resolution, spec.n_classes, spec.name) == (32, 12, 'demo_32')
-    make_hdf5.main(argv + ['--resolution', '16'])  # an existing demo folder is reused
+    make_hdf5.main(argv + ['--resolution', '64'])  # an existing demo folder is reused
     assert f'Using the existing demo folder {demo}' in capsys.readouterr().out
-    assert resolve_dataset(str(tmp_path / 'demo_16.hdf5')).resolution == 16
+    assert resolve_dataset(str(tmp_path / 'demo_64.hdf5')).resolution == 64
     with pytest.raises(SystemExit, match='not an image folder dataset'):
         make_hdf5.main(['--dataset', 'I128_hdf5'])
 
