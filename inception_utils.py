@@ -6,7 +6,8 @@ Two networks, both giving (pool [B, 2048], logits) from one forward of images in
 - 'tf': the TensorFlow FID Inception (2015-12-05 weights) as ported by `pytorch_fid`; with
   its 1008-way logits for IS, numbers are comparable to the TF code papers reported.
 Weights come from a local file, else the torch hub cache, else a download; nothing falls
-back to random weights.
+back to random weights, and a file that is not the published one (by its SHA-256) is warned
+about, since its numbers compare with no one's.
 
 FID takes tr sqrtm(S1 S2) from the eigenvalues of a symmetric PSD matrix similar to S1 S2,
 in float64: as exact as scipy's `sqrtm` reference, finite on rank-deficient covariances and
@@ -14,8 +15,11 @@ in float64: as exact as scipy's `sqrtm` reference, finite on rank-deficient cova
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import shlex
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -35,9 +39,13 @@ from pytorch_fid.inception import (
     FIDInceptionE_2,
 )
 
+import datasets
+
 INCEPTIONS = ('torchvision', 'tf')
 WEIGHTS_URLS = {'torchvision': torchvision.models.Inception_V3_Weights.IMAGENET1K_V1.url,
                 'tf': FID_WEIGHTS_URL}
+# First 8 hex digits of the published files' SHA-256, as their names carry them.
+WEIGHTS_SHA256 = {'torchvision': '0cc3c7bd', 'tf': '6726825d'}
 POOL_DIM = 2048
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -87,6 +95,50 @@ def resolve_inception_weights(inception: str = 'torchvision',
         f'no weights for the {inception!r} Inception network: {reason}. Get the file {url} '
         f'on a machine that is online and either put it at {cached} (the torch hub cache) or '
         f'pass --inception_weights /path/to/{cached.name}')
+
+
+class InceptionWeightsWarning(UserWarning):
+    """A weights file that is not the published one: its IS/FID compare with no one's."""
+
+
+_hashed: set[tuple] = set()  # (file, size, mtime, network) already checked in this process
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights_hash(path: PathLike, inception: str) -> None:
+    """Warn if a weights file's SHA-256 is not the published file's (once per file and process).
+
+    A warning, not an error: a re-saved copy of the published weights has other bytes but the
+    same numbers. The file is ~100 MB (~0.3 s to hash), so each is hashed once; under DDP only
+    rank 0 hashes and warns.
+    """
+    _check_kind(inception)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, inception)
+    if key in _hashed:
+        return
+    _hashed.add(key)
+    got, expected = _sha256(path)[:8], WEIGHTS_SHA256[inception]
+    if got != expected:
+        url = WEIGHTS_URLS[inception]
+        warnings.warn(
+            f'{path} is not the published {inception!r} Inception weights file: its SHA-256 '
+            f'starts {got}, the published {os.path.basename(url)} starts {expected}. IS/FID '
+            f'measured with it are not comparable with anyone else\'s (random weights give '
+            f'FID ~0 and IS ~1). Unless it is a re-saved copy of the published weights, get '
+            f'{url} and put it at {hub_weights_path(inception)} or pass it with '
+            f'--inception_weights.', InceptionWeightsWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -164,6 +216,7 @@ def _load_weights(inception: str, inception_weights: Optional[PathLike]
     except Exception as err:  # not a file of tensors, other keys or shapes: one message
         raise ValueError(f'{path} is not a state dict of the {inception!r} Inception-v3: '
                          f'{err}') from None
+    check_weights_hash(path, inception)  # it loads: now say if it is not the published file
     return net
 
 
@@ -420,12 +473,42 @@ def moments_file(moments_path: PathLike, inception: str = 'torchvision') -> Path
     return path if inception == 'torchvision' else path.with_name(f'{path.stem}_tf{path.suffix}')
 
 
-def _moments_command(path: Path, inception: str) -> str:
-    """The command that writes the moments file `path`."""
-    stem = path.name.replace('_inception_moments', '').replace('_tf.npz', '.npz')
-    cmd = (f'python calculate_inception_moments.py --dataset {Path(stem).stem} '
-           f'--data_root {path.parent}')
-    return cmd + (' --inception tf' if inception == 'tf' else '')
+def _dataset_flags(path: Path, inception: str, resolution: Optional[int]) -> tuple[str, str]:
+    """(--dataset flags, a note or '') of the data whose moments file is `path`.
+
+    Inverts datasets.DatasetSpec.moments_path: `<root>/<name>_inception_moments.npz` belongs to
+    the 2019 name `name` with data_root `root` (I128 and I128_hdf5 share it), or to the .hdf5
+    file or image folder `<root>/<name>`; the data found there decides which.
+    """
+    root, q = path.parent, shlex.quote
+    name = path.name.removesuffix('.npz')
+    name = (name.removesuffix('_tf') if inception == 'tf' else name).removesuffix(
+        '_inception_moments')
+    named = [n for n in (f'{name}_hdf5', name) if n in datasets.DATASETS]
+    for n in named:
+        if (root / datasets.DATASETS[n].path).exists():
+            return f'--dataset {n} --data_root {q(str(root))}', ''
+    for suffix in ('.hdf5', '.h5'):
+        if (root / f'{name}{suffix}').is_file():
+            return f'--dataset {q(str(root / name) + suffix)}', ''
+    if (root / name).is_dir():  # the moments of a folder depend on the size it is read at
+        return f'--dataset {q(str(root / name))} --resolution {resolution or "RESOLUTION"}', ''
+    if named:  # no data there yet: the name's error message says where it looks
+        return f'--dataset {named[0]} --data_root {q(str(root))}', ''
+    return '--dataset PATH', (f' (PATH: the file {root / name}.hdf5, or the image folder '
+                              f'{root / name} and --resolution; neither exists now)')
+
+
+def _moments_command(path: Path, inception: str, resolution: Optional[int] = None,
+                     inception_weights: Optional[PathLike] = None) -> str:
+    """The command that writes the moments file `path`, from the data found beside it."""
+    flags, note = _dataset_flags(path, inception, resolution)
+    cmd = f'python calculate_inception_moments.py {flags}'
+    if inception == 'tf':
+        cmd += ' --inception tf'
+    if inception_weights:
+        cmd += f' --inception_weights {shlex.quote(str(inception_weights))}'
+    return cmd + note
 
 
 def save_moments(path: PathLike, mu: Array, sigma: Array, inception: str) -> None:
@@ -438,14 +521,17 @@ def save_moments(path: PathLike, mu: Array, sigma: Array, inception: str) -> Non
     os.replace(tmp, path)
 
 
-def load_moments(path: PathLike, inception: str = 'torchvision'
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from a moments file, checking it exists and fits the network."""
+def load_moments(path: PathLike, inception: str = 'torchvision', *,
+                 resolution: Optional[int] = None,
+                 inception_weights: Optional[PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from a moments file, checking it exists and fits the network.
+
+    `resolution` and `inception_weights` only complete the command the errors suggest.
+    """
     path = Path(path)
+    command = _moments_command(path, inception, resolution, inception_weights)
     if not path.is_file():
-        raise FileNotFoundError(f'FID moments file {path} not found; make it with: '
-                                f'{_moments_command(path, inception)} (for an image folder '
-                                f'or .hdf5 dataset, --dataset is its path)')
+        raise FileNotFoundError(f'FID moments file {path} not found; make it with: {command}')
     with np.load(path) as f:
         if 'mu' not in f or 'sigma' not in f:
             raise ValueError(f'{path} is not a moments file: it lacks mu and sigma')
@@ -455,11 +541,10 @@ def load_moments(path: PathLike, inception: str = 'torchvision'
     if mu.shape != (POOL_DIM,) or sigma.shape != (POOL_DIM, POOL_DIM):
         raise ValueError(f'{path} holds moments of shape mu {mu.shape}, sigma {sigma.shape}; '
                          f'FID needs Inception pool features: mu ({POOL_DIM},), sigma '
-                         f'({POOL_DIM}, {POOL_DIM}). Remake it with: '
-                         f'{_moments_command(path, inception)}')
+                         f'({POOL_DIM}, {POOL_DIM}). Remake it with: {command}')
     if made_with != inception:
         raise ValueError(f'{path} was made with the {made_with!r} Inception network, not '
-                         f'{inception!r}; remake it with: {_moments_command(path, inception)}')
+                         f'{inception!r}; remake it with: {command}')
     return mu, sigma
 
 
@@ -467,15 +552,17 @@ def load_moments(path: PathLike, inception: str = 'torchvision'
 
 def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision',
                           inception_weights: Optional[PathLike] = None,
-                          no_fid: bool = False) -> None:
+                          no_fid: bool = False, *, resolution: Optional[int] = None) -> None:
     """Fail now, not at the first test hours later: weights load and moments are usable.
 
-    `moments_path` is the dataset's moments file (see `moments_file`). Raises
+    `moments_path` is the dataset's moments file (see `moments_file`); `resolution`, the
+    data's, completes the command suggested for a missing folder dataset's moments. Raises
     FileNotFoundError or ValueError saying what to do.
     """
     resolve_inception_weights(inception, inception_weights)  # cheap checks first
     if not no_fid:
-        load_moments(moments_file(moments_path, inception), inception)
+        load_moments(moments_file(moments_path, inception), inception, resolution=resolution,
+                     inception_weights=inception_weights)
     _load_weights(inception, inception_weights)
 
 
@@ -491,7 +578,8 @@ def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvis
     """
     data_mu = data_sigma = None
     if not no_fid:
-        data_mu, data_sigma = load_moments(moments_file(moments_path, inception), inception)
+        data_mu, data_sigma = load_moments(moments_file(moments_path, inception), inception,
+                                           inception_weights=inception_weights)
     net = load_inception_net(parallel, inception=inception, inception_weights=inception_weights,
                              device=device)
 

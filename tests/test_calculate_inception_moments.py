@@ -1,13 +1,22 @@
-"""Tests of calculate_inception_moments.py on a tiny HDF5 dataset and random-weight networks."""
+"""Tests of calculate_inception_moments.py on a tiny HDF5 dataset and random-weight networks.
+
+The random weights are not the published ones: their InceptionWeightsWarning is silenced.
+"""
+import shlex
 import urllib.error
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import calculate_inception_moments as cim
+import datasets
 import inception_utils as iu
+
+pytestmark = pytest.mark.filterwarnings('ignore::inception_utils.InceptionWeightsWarning')
 
 
 @pytest.fixture(scope='module')
@@ -26,16 +35,31 @@ def weights(tmp_path_factory) -> dict:
     return paths
 
 
-@pytest.fixture
-def hdf5(tmp_path) -> tuple:
-    """A 10-image 32x32 HDF5 dataset in the make_hdf5.py layout: (path, uint8 images)."""
+def write_hdf5(path: Path) -> np.ndarray:
+    """A 10-image 32x32 HDF5 dataset in the make_hdf5.py layout; returns its uint8 images."""
     rng = np.random.default_rng(0)
     imgs = np.repeat(np.repeat(rng.integers(0, 256, (10, 3, 8, 8), dtype=np.uint8), 4, 2), 4, 3)
-    path = tmp_path / 'tiny.hdf5'
+    path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, 'w') as f:
         f.create_dataset('imgs', data=imgs)
         f.create_dataset('labels', data=np.arange(10, dtype=np.int64) % 3)
-    return path, imgs
+    return imgs
+
+
+def write_folder(root: Path) -> None:
+    """A 10-image folder dataset, two classes of 48x40 PNGs."""
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        (root / f'class{i % 2}').mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f'class{i % 2}' / f'{i}.png')
+
+
+@pytest.fixture
+def hdf5(tmp_path) -> tuple:
+    """A 10-image 32x32 HDF5 dataset: (path, uint8 images)."""
+    path = tmp_path / 'tiny.hdf5'
+    return path, write_hdf5(path)
 
 
 def run(path, weights_path, *extra) -> None:
@@ -92,3 +116,54 @@ def test_2019_flags_and_defaults():
         'I128_hdf5', 'data', 64, 8)
     assert (args.parallel, args.augment, args.shuffle, args.seed) == (False, False, False, 0)
     assert (args.inception, args.inception_weights) == ('torchvision', '')
+
+
+def suggested_command(spec: datasets.DatasetSpec, inception: str, weights: Path,
+                      **kwargs) -> list[str]:
+    """The flags of the command the missing-moments error of `spec` suggests."""
+    with pytest.raises(FileNotFoundError, match='make it with: ') as err:
+        iu.check_inception_ready(spec.moments_path, inception, weights, **kwargs)
+    argv = shlex.split(str(err.value).split('make it with: ')[1])
+    assert argv[:2] == ['python', 'calculate_inception_moments.py']
+    return argv[2:]
+
+
+@pytest.mark.parametrize('layout', ['hdf5 path', 'folder path', pytest.param(
+    '2019 name', marks=pytest.mark.filterwarnings('ignore:.*classes have no images'))])
+def test_missing_moments_error_suggests_a_command_that_writes_them(tmp_path, weights, layout):
+    """The command the error suggests, run as given, writes the very file that was missing."""
+    data = tmp_path / 'data'
+    inception, resolution = 'tf' if layout == '2019 name' else 'torchvision', None
+    if layout == 'hdf5 path':
+        write_hdf5(data / 'mini_32.hdf5')
+        dataset, expected = str(data / 'mini_32.hdf5'), [str(data / 'mini_32.hdf5')]
+    elif layout == 'folder path':
+        write_folder(data / 'mini')
+        dataset, resolution = str(data / 'mini'), 32
+        expected = [str(data / 'mini'), '--resolution', '32']
+    else:
+        write_hdf5(data / 'ILSVRC32.hdf5')
+        dataset, expected = 'I32_hdf5', ['I32_hdf5', '--data_root', str(data)]
+    spec = datasets.resolve_dataset(dataset, str(data), resolution)
+    argv = suggested_command(spec, inception, weights[inception], resolution=resolution)
+    assert argv[argv.index('--dataset') + 1:][:len(expected)] == expected
+    missing = iu.moments_file(spec.moments_path, inception)
+    assert not missing.exists()
+    cim.main(argv + ['--num_workers', '0'])  # as suggested; no loader processes in a test
+    mu, sigma = iu.load_moments(missing, inception)
+    assert np.isfinite(sigma).all() and np.abs(mu).max() > 0
+
+
+def test_suggested_command_names_only_data_that_writes_the_missing_file(tmp_path):
+    data = tmp_path / 'data'
+    write_folder(data / 'mini')  # mini_32's moments come from mini_32.hdf5, not from mini/
+    with pytest.raises(FileNotFoundError) as err:
+        iu.load_moments(data / 'mini_32_inception_moments.npz')
+    assert '--dataset PATH' in str(err.value) and str(data / 'mini_32.hdf5') in str(err.value)
+    with pytest.raises(FileNotFoundError, match='--dataset .*mini --resolution RESOLUTION'):
+        iu.load_moments(data / 'mini_inception_moments.npz')  # no resolution given
+    with pytest.raises(FileNotFoundError, match=r'--dataset C10 --data_root \S*data$'):
+        iu.load_moments(data / 'C10_inception_moments.npz')
+    (data / 'ImageNet').mkdir()  # the folder I64 reads, and no ILSVRC64.hdf5
+    with pytest.raises(FileNotFoundError, match='--dataset I64 --data_root .* --inception tf'):
+        iu.load_moments(data / 'I64_inception_moments_tf.npz', 'tf')

@@ -1,11 +1,16 @@
 """Tests of inception_utils: FID against references, IS by hand, streaming moments, networks.
 
 The networks carry random weights saved to temp files (no download is possible here); conv
-weights get He init so random features keep a useful scale through the 90-odd layers.
+weights get He init so random features keep a useful scale through the 90-odd layers. Those
+files are not the published ones, so their InceptionWeightsWarning is expected and silenced,
+except in the tests of that warning.
 """
 import functools
+import hashlib
 import math
+import shutil
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +20,8 @@ import torchvision
 
 import inception_utils as iu
 from bench_fid import random_moments, scipy_frechet_distance
+
+pytestmark = pytest.mark.filterwarnings('ignore::inception_utils.InceptionWeightsWarning')
 
 
 def he_init_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -254,6 +261,56 @@ def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch, weight
         iu.resolve_inception_weights('tf', tmp_path / 'nope.pth')
     with pytest.raises(ValueError, match="not a state dict of the 'torchvision'"):
         iu.check_inception_ready(tmp_path / 'x.npz', 'torchvision', weights['tf'], no_fid=True)
+
+
+# ----------------------------------------------------------------------------- weights hash
+
+def test_expected_hash_prefixes_are_the_ones_in_the_published_names():
+    for kind in iu.INCEPTIONS:
+        assert iu.hub_weights_path(kind).name.endswith(f'-{iu.WEIGHTS_SHA256[kind]}.pth')
+
+
+def test_unpublished_weights_warn_with_both_prefixes_once(tmp_path, monkeypatch):
+    fake = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'  # the published name, not bytes
+    fake.write_bytes(b'a random network, not the published weights')
+    got = hashlib.sha256(fake.read_bytes()).hexdigest()[:8]
+    with pytest.warns(iu.InceptionWeightsWarning) as record:
+        iu.check_weights_hash(fake, 'tf')
+    message = str(record[0].message)
+    for part in (str(fake), f'starts {got}', 'starts 6726825d', iu.WEIGHTS_URLS['tf']):
+        assert part in message
+    # Once per file per process: neither hashed nor warned about again.
+    monkeypatch.setattr(iu, '_sha256', lambda path: pytest.fail(f'hashed {path} again'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        iu.check_weights_hash(fake, 'tf')
+
+
+def test_published_weights_give_no_warning(tmp_path, monkeypatch):
+    content = b'stands in for the published file'
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    path = tmp_path / f'pt_inception-2015-12-05-{prefix}.pth'  # name and content agree
+    path.write_bytes(content)
+    monkeypatch.setitem(iu.WEIGHTS_SHA256, 'tf', prefix)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        iu.check_weights_hash(path, 'tf')
+
+
+def test_hub_cache_file_is_checked_and_hashed_once(tmp_path, monkeypatch, weights):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    cached = iu.hub_weights_path('torchvision')
+    cached.parent.mkdir(parents=True)
+    shutil.copy(weights['torchvision'], cached)
+    hashed, sha256 = [], iu._sha256
+    monkeypatch.setattr(iu, '_sha256', lambda path: hashed.append(path) or sha256(path))
+    with pytest.warns(iu.InceptionWeightsWarning, match=f'{cached}.*starts 0cc3c7bd'):
+        iu.check_inception_ready(tmp_path / 'absent.npz', 'torchvision', no_fid=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the metrics' own load: no second hash or warning
+        iu.prepare_inception_metrics(tmp_path / 'absent.npz', 'torchvision', device='cpu',
+                                     no_fid=True)
+    assert hashed == [cached]
 
 
 # ----------------------------------------------------------------------------- end to end
