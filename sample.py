@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -50,9 +49,7 @@ import datasets
 import utils
 
 # Keys that describe this invocation, not the trained model: never taken from the run.
-LOCAL_KEYS = ({'base_root', 'data_root', 'weights_root', 'logs_root', 'samples_root',
-               'experiment_name', 'load_weights', 'resume'}
-              | {f.key for f in utils.SAMPLE_FLAGS})
+LOCAL_KEYS = utils.INVOCATION_KEYS | {f.key for f in utils.SAMPLE_FLAGS}
 MODES = ('sample_npz', 'sample_sheets', 'sample_interps', 'sample_random',
          'sample_inception_metrics', 'sample_trunc_curves')
 
@@ -66,12 +63,14 @@ class SampleError(Exception):
 # ----------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Training flags, sampling flags, --weights, and a hidden --no_<switch> per switch."""
-    parser = utils.add_sample_parser(utils.prepare_parser())
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """Training flags, sampling flags, --weights, and a hidden --no_<switch> per switch
+    (without defaults: see utils.parse_given)."""
+    parser = utils.add_sample_parser(utils.prepare_parser(defaults), defaults)
     parser.description = 'Sample a trained BigGAN (see the module docstring of sample.py).'
-    parser.add_argument('--weights', default='', help='run folder or G*.pth file to load '
-                        '(instead of finding the run by --experiment_name / training flags)')
+    parser.add_argument('--weights', default='' if defaults else argparse.SUPPRESS,
+                        help='run folder or G*.pth file to load (instead of finding the run '
+                        'by --experiment_name / training flags)')
     names = {f.name for f in utils.FLAGS + utils.SAMPLE_FLAGS}
     for f in utils.FLAGS:
         if f.type == utils.SWITCH and f'no_{f.name}' not in names:
@@ -82,13 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_flags(argv: Optional[list[str]]) -> tuple[dict, dict]:
     """(every flag with its default or given value, only the flags given on the command line)."""
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    # Parse again with no defaults at all, so only what the user typed lands in the namespace
-    # (set_defaults would not do: argparse type-converts string defaults it finds there).
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return args, vars(parser.parse_args(argv))
+    return utils.parse_given(build_parser, argv)
 
 
 def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
@@ -116,13 +109,15 @@ def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
 
 
 def read_run(run_dir: Path, suffix: Optional[str]) -> tuple[Optional[dict], int]:
-    """(config saved with the run or None, its iteration): config.json, else state_dict.pth."""
-    state_path = run_dir / utils.checkpoint_file('state_dict', suffix)
-    state = utils.load_file(str(state_path)) if state_path.is_file() else {}
-    if (run_dir / 'config.json').is_file():
-        with open(run_dir / 'config.json') as f:
-            return json.load(f), int(state.get('itr', 0))
-    return state.get('config'), int(state.get('itr', 0))
+    """(config saved with the run or None, its iteration); refuses a half-committed save."""
+    if (run_dir / utils.COMMIT_JOURNAL).exists():
+        raise SampleError(f'{run_dir} is in the middle of a save (or one was interrupted): '
+                          f'retry in a moment; if no training runs, `train.py --resume` of the '
+                          f'run completes it')
+    try:
+        return utils.read_run_config(str(run_dir), suffix)
+    except utils.CorruptCheckpointError as err:
+        raise SampleError(str(err)) from None
 
 
 def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
@@ -138,7 +133,8 @@ def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
     if config['dataset']:
         try:
             spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
-                                            config['resolution'] or None)
+                                            config['resolution'] or None,
+                                            single_class_ok=config['unconditional'])
         except (FileNotFoundError, ValueError) as err:
             problem = f'--dataset {config["dataset"]}: {err}'
     if spec is None:
@@ -202,6 +198,8 @@ def load_generator(config: dict, weights_file: Path, device: torch.device) -> nn
         model = importlib.import_module(config['model'])
         G = model.Generator(**{**config, 'skip_init': True})
         utils.load_state_checked(G, utils.load_file(str(weights_file)), True, str(weights_file))
+    except utils.CorruptCheckpointError as err:
+        raise SampleError(str(err)) from None
     except (ImportError, TypeError, ValueError) as err:
         raise SampleError(f'{err}\nFlags given here override the run config: drop those that '
                           f'change the model, or give the ones it was trained with.') from err
@@ -264,26 +262,34 @@ def write_npz(path: str, sample: Callable, num: int) -> None:
 
     Only one batch of images is in memory at a time: x.npy is written into the zip batch by
     batch (the header first, from the first batch's shape); the labels (8 bytes each) are
-    kept and written after. A temporary name is renamed at the end.
+    kept and written after. A temporary name is renamed at the end, or removed when anything
+    fails or interrupts the writing (an existing file at `path` is then left as it was).
     """
+    if num < 1:
+        raise ValueError(f'an .npz of {num} samples: give at least 1')
     tmp, labels, done = f'{path}.tmp', [], 0
-    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open('x.npy', 'w', force_zip64=True) as f:  # force: size unknown, may be >2GB
-            while done < num:
-                images, y = sample()
-                x = to_uint8(images[:num - done]).cpu().numpy()
-                if done == 0:
-                    np.lib.format.write_array_header_1_0(f, {
-                        'descr': np.lib.format.dtype_to_descr(x.dtype),
-                        'fortran_order': False, 'shape': (num, *x.shape[1:])})
-                f.write(np.ascontiguousarray(x).tobytes())
-                # A copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is the
-                # tensor itself), which the next sample() overwrites.
-                labels.append(y[:len(x)].to('cpu', copy=True))
-                done += len(x)
-        with zf.open('y.npy', 'w') as f:
-            np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))
-    os.replace(tmp, path)
+    try:
+        with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open('x.npy', 'w', force_zip64=True) as f:  # size unknown, may be >2GB
+                while done < num:
+                    images, y = sample()
+                    x = to_uint8(images[:num - done]).cpu().numpy()
+                    if done == 0:
+                        np.lib.format.write_array_header_1_0(f, {
+                            'descr': np.lib.format.dtype_to_descr(x.dtype),
+                            'fortran_order': False, 'shape': (num, *x.shape[1:])})
+                    f.write(np.ascontiguousarray(x).tobytes())
+                    # A copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is
+                    # the tensor itself), which the next sample() overwrites.
+                    labels.append(y[:len(x)].to('cpu', copy=True))
+                    done += len(x)
+            with zf.open('y.npy', 'w') as f:
+                np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))
+        os.replace(tmp, path)
+    except BaseException:  # a failure or Ctrl-C midway: leave no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_grid(images: torch.Tensor, path: str) -> None:
@@ -331,12 +337,23 @@ def run(argv: Optional[list[str]] = None) -> dict:
         raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
                           f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
                           f"{config['z_var']}")
-    if config['sample_inception_metrics'] or truncations:
+    if config['G_batch_size'] < 1:
+        raise SampleError(f"--G_batch_size {config['G_batch_size']}: give at least 1 (0 takes "
+                          f"--batch_size, which must then be at least 1)")
+    if config['sample_npz'] and config['sample_num_npz'] < 1:
+        raise SampleError(f"--sample_num_npz {config['sample_num_npz']}: --sample_npz needs "
+                          f"at least 1 sample")
+    wants_metrics = config['sample_inception_metrics'] or bool(truncations)
+    if wants_metrics and config['num_inception_images'] < 10:  # the IS's 10 splits below
+        raise SampleError(f"--num_inception_images {config['num_inception_images']}: the "
+                          f"Inception Score needs at least one sample in each of its 10 splits")
+    if wants_metrics:
         import inception_utils  # only when asked: it loads Inception code and weights
         inception_args = (config.get('moments_path', ''), config['inception'],
                           config['inception_weights'] or None)
         try:
-            inception_utils.check_inception_ready(*inception_args, config['no_fid'])
+            inception_utils.check_inception_ready(*inception_args, config['no_fid'],
+                                                  resolution=config['resolution'])
         except (FileNotFoundError, ValueError) as err:
             raise SampleError(f'{err}\n(IS/FID were asked for; --no_fid computes IS only, '
                               f'which needs no moments file)') from err

@@ -108,7 +108,7 @@ def check_test_setup(config: dict) -> None:
         import inception_utils
         inception_utils.check_inception_ready(config['moments_path'], config['inception'],
                                               config['inception_weights'] or None,
-                                              config['no_fid'])
+                                              config['no_fid'], resolution=config['resolution'])
 
 
 def build_models(config: dict, device: torch.device):
@@ -154,6 +154,28 @@ def weights_source(path: str) -> tuple[str, Optional[str]]:
                          f'{err}') from None
 
 
+def resume(G, D, G_ema, G_optim, D_optim, state_dict: dict,
+           precision: train_fns.Precision, config: dict) -> dict:
+    """Load the run's checkpoint and apply the config's optimizer settings; returns the saved
+    state ({} for a run killed before its first save, which starts from iteration 0)."""
+    run_dir = os.path.join(config['weights_root'], config['experiment_name'])
+    suffix = config['load_weights'] or None
+    if os.path.isdir(run_dir) and not suffix and not run_has_checkpoint(run_dir):
+        print(f'{run_dir} holds no checkpoint yet (the run stopped before its first save): '
+              f'starting from iteration 0')
+        return {}
+    saved = utils.load_weights(G, D, state_dict, config['weights_root'],
+                               config['experiment_name'], suffix, G_ema, True, G_optim, D_optim)
+    set_optimizer_hparams(G_optim, config['G_lr'], (config['G_B1'], config['G_B2']),
+                          config['adam_eps'])
+    set_optimizer_hparams(D_optim, config['D_lr'], (config['D_B1'], config['D_B2']),
+                          config['adam_eps'])
+    for key in ('G_scaler', 'D_scaler'):
+        if saved.get(key) and getattr(precision, key) is not None:
+            getattr(precision, key).load_state_dict(saved[key])
+    return saved
+
+
 def load_for_finetuning(G, D, G_ema, path: str) -> None:
     """Load a run's weights, re-initialising class embeddings whose class count differs."""
     root, suffix = weights_source(path)
@@ -173,6 +195,56 @@ def load_for_finetuning(G, D, G_ema, path: str) -> None:
             G_ema.load_state_dict(G.state_dict())  # a run without EMA: start the EMA at G
 
 
+def resumed_config(config: dict, given: Optional[dict]) -> dict:
+    """On --resume: the run's saved flags, except those typed on this command line (`given`),
+    which win with a note each where they differ. `given` None: the config as it is."""
+    if given is None:
+        return config
+    utils.update_config_roots(config)
+    name = config['experiment_name'] or utils.name_from_config(config)
+    run_dir = os.path.join(config['weights_root'], name)
+    if not os.path.isdir(run_dir):
+        return config  # load_weights says which folder is missing
+    saved, _ = utils.read_run_config(run_dir, config['load_weights'] or None)
+    if saved is None:
+        return config
+    keep = utils.config_keys() - utils.INVOCATION_KEYS - utils.DERIVED_KEYS
+    saved = {k: v for k, v in utils.plain_config(saved).items() if k in keep}
+    for key in sorted(given.keys() & saved.keys()):
+        if given[key] != saved[key]:
+            print(f'--resume: {key} = {given[key]!r} as given (the run was saved with '
+                  f'{saved[key]!r})')
+    return {**config, **{k: v for k, v in saved.items() if k not in given},
+            'experiment_name': name}
+
+
+def run_has_checkpoint(run_dir: str, suffix: Optional[str] = None) -> bool:
+    """Whether a run folder holds a checkpoint (or a save that recovery will complete)."""
+    return (os.path.isfile(os.path.join(run_dir, utils.checkpoint_file('state_dict', suffix)))
+            or os.path.isfile(os.path.join(run_dir, utils.COMMIT_JOURNAL)))
+
+
+def check_run_folder(config: dict) -> None:
+    """A new run never starts over an existing one: that would delete its logs and, at its
+    first save, replace its checkpoint. Nothing is written here."""
+    run_dir = os.path.join(config['weights_root'], config['experiment_name'])
+    if config['resume'] or not run_has_checkpoint(run_dir):
+        return
+    _, itr = utils.read_run_config(run_dir)
+    raise FileExistsError(
+        f'{run_dir} already holds a run (saved at iteration {itr}). Resume it with --resume, '
+        f'or start a new run under a new --experiment_name; to start this one over, first '
+        f'delete or move {run_dir} and its logs ({config["logs_root"]}/'
+        f'{config["experiment_name"]}*). Nothing was changed.')
+
+
+def set_optimizer_hparams(optim: torch.optim.Optimizer, lr: float, betas: tuple,
+                          eps: float) -> None:
+    """Apply the config's Adam settings to a loaded optimizer (its state keeps the old ones)."""
+    for group in optim.param_groups:
+        group.update(lr=lr, betas=betas, eps=eps)
+
+
 def install_stop_handlers() -> dict:
     """SIGTERM/SIGUSR1 ask the loop to save and exit at the end of the current iteration."""
     stop = {'signal': None}
@@ -185,14 +257,23 @@ def install_stop_handlers() -> dict:
     return stop
 
 
-def run(config: dict) -> dict:
-    """Train as the config says; returns the final state_dict (itr, epoch, best scores)."""
+def run(config: dict, given: Optional[dict] = None) -> dict:
+    """Train as the config says; returns the final state_dict (itr, epoch, best scores).
+
+    `given`: the flags typed on the command line; with --resume the run's saved config
+    supplies the others. Every check runs before anything is written to disk.
+    """
     # Setup processes and config:
     rank, world_size, device = setup_distributed()
+    if config['resume']:
+        config = resumed_config(config, given)
     config = prepare_config(config)
     check_config(config, world_size, torch.cuda.device_count())
+    check_run_folder(config)
     check_test_setup(config)
     name = config['experiment_name']
+    run_dir = os.path.join(config['weights_root'], name)
+    is_main = rank == 0
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -208,12 +289,14 @@ def run(config: dict) -> dict:
     precision = train_fns.Precision.from_config(config['amp'], device)
 
     # Resume or fine-tune:
+    saved = {}
     if config['resume']:
-        saved = utils.load_weights(G, D, state_dict, config['weights_root'], name,
-                                   config['load_weights'] or None, G_ema, True, G_optim, D_optim)
-        for key in ('G_scaler', 'D_scaler'):
-            if saved.get(key) and getattr(precision, key) is not None:
-                getattr(precision, key).load_state_dict(saved[key])
+        if is_main and os.path.isdir(run_dir):  # complete or drop a save a kill interrupted
+            for line in utils.recover_checkpoints(run_dir):
+                print(f'{run_dir}: {line}')
+        if world_size > 1:
+            dist.barrier()  # the other ranks load what rank 0 recovered
+        saved = resume(G, D, G_ema, G_optim, D_optim, state_dict, precision, config)
     elif config['load_weights']:
         load_for_finetuning(G, D, G_ema, config['load_weights'])
 
@@ -233,10 +316,17 @@ def run(config: dict) -> dict:
     if config['compile']:
         GD = torch.compile(GD)
 
-    # Logging (rank 0 only):
-    is_main = rank == 0
+    # Data:
+    minibatches = config['num_D_steps'] * config['num_D_accumulations']
+    D_batch_size = config['batch_size'] * minibatches
+    loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
+                                          'start_itr': state_dict['itr'], 'rank': rank,
+                                          'world_size': world_size,
+                                          'minibatches': minibatches})[0]
+
+    # Logging (rank 0 only), the first write to disk:
     if is_main:
-        utils.save_config(config, os.path.join(config['weights_root'], name, 'config.json'))
+        utils.save_config(config, os.path.join(run_dir, 'config.json'))
         test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
                                        reinitialize=not config['resume'])
         train_log = utils.MyLogger(os.path.join(config['logs_root'], name),
@@ -245,14 +335,6 @@ def run(config: dict) -> dict:
         if config['resume']:  # drop what a killed run logged after its last checkpoint
             test_log.truncate_after(state_dict['itr'])
             train_log.truncate_after(state_dict['itr'])
-
-    # Data:
-    minibatches = config['num_D_steps'] * config['num_D_accumulations']
-    D_batch_size = config['batch_size'] * minibatches
-    loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                          'start_itr': state_dict['itr'], 'rank': rank,
-                                          'world_size': world_size,
-                                          'minibatches': minibatches})[0]
 
     # Training function, fixed samples, metrics:
     latents = utils.Latents(train_fns.latent_batch_size(config), G.dim_z, config['n_classes'],
@@ -292,17 +374,19 @@ def run(config: dict) -> dict:
     def save() -> None:
         nonlocal last_save
         eval_mode(True)
-        train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict, config,
-                                  name, optims, extra_state())
-        last_save = os.path.join(config['weights_root'], name)
+        try:
+            train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict,
+                                      config, name, optims, extra_state())
+        except FloatingPointError as err:  # nothing was written
+            train_fns.stop_non_finite(str(err), state_dict['itr'], last_save)
+        last_save = f"{run_dir} (iteration {state_dict['itr']})"
         eval_mode(False)
 
     # Train:
     stop = install_stop_handlers()
-    last_save = 'none yet'
-    if config['resume'] and 'rng' in saved:
+    last_save = f"{run_dir} (iteration {state_dict['itr']})" if saved else 'none yet'
+    if 'rng' in saved:
         utils.set_rng_state(saved['rng'])
-        last_save = os.path.join(config['weights_root'], name)
     multiepoch = config['use_multiepoch_sampler']
     images_per_itr = D_batch_size * world_size
     itrs_per_epoch = max(len(loader.dataset) // images_per_itr, 1)
@@ -364,10 +448,13 @@ def run(config: dict) -> dict:
                 save()
             if config['test_every'] > 0 and itr % config['test_every'] == 0:
                 eval_mode(True)
-                record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
-                                        get_inception_metrics, name,
-                                        test_log if is_main else None, optims,
-                                        extra_state() if is_main else None, is_main)
+                try:
+                    record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
+                                            get_inception_metrics, name,
+                                            test_log if is_main else None, optims,
+                                            extra_state() if is_main else None, is_main)
+                except FloatingPointError as err:  # a best copy was refused: nothing written
+                    train_fns.stop_non_finite(str(err), itr, last_save)
                 if is_main:
                     bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- "
                               f"{record['IS_std']:.3f}, FID {record['FID']}")
@@ -389,8 +476,7 @@ def run(config: dict) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     """Parse the flags and train."""
-    config = vars(utils.prepare_parser().parse_args(argv))
-    return run(config)
+    return run(*utils.parse_given(utils.prepare_parser, argv))
 
 
 if __name__ == '__main__':

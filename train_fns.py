@@ -9,7 +9,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 import torch
 import torch.nn as nn
@@ -179,10 +179,15 @@ def check_finite(losses: dict[str, float], itr: int, last_checkpoint: str) -> No
     """Stop a run whose losses went NaN/inf instead of training on garbage for hours."""
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if bad:
-        raise FloatingPointError(
-            f'non-finite losses at iteration {itr}: {bad}. The last good checkpoint is '
-            f'{last_checkpoint}; resume from it with lower learning rates, --amp bf16 instead '
-            f'of fp16, or a larger --adam_eps/--SN_eps.')
+        stop_non_finite(f'non-finite losses {bad}', itr, last_checkpoint)
+
+
+def stop_non_finite(what: str, itr: int, last_checkpoint: str) -> NoReturn:
+    """Raise FloatingPointError saying what went non-finite and where to resume from."""
+    raise FloatingPointError(
+        f'{what} at iteration {itr}. The last good checkpoint is {last_checkpoint}; resume '
+        f'from it (--resume; flags given with it override the saved ones) with lower learning '
+        f'rates, --amp bf16 instead of fp16, or a larger --adam_eps/--SN_eps.')
 
 
 # ----------------------------------------------------------------------------------------
@@ -199,14 +204,16 @@ def save_and_sample(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module],
                     latents: utils.Latents, fixed_z: torch.Tensor, fixed_y: torch.Tensor,
                     state_dict: dict, config: dict, experiment_name: str,
                     optims: tuple, extra: Optional[dict] = None) -> None:
-    """Save the checkpoint (plus a rotating copy), then a fixed-z grid, sheets and interps."""
-    ema_net = G_ema if config['ema'] else None
-    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
-                       ema_net, *optims, extra=extra)
+    """Save the checkpoint and a rotating copy as one set, then a fixed-z grid, sheets and
+    interps. Raises FloatingPointError, saving nothing, if a weight is NaN or inf."""
+    copies = ()
     if config['num_save_copies'] > 0:
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f"copy{state_dict['save_num']}", ema_net, *optims, extra=extra)
+        copies = (f"copy{state_dict['save_num']}",)
+        # The saved state already names the next copy: a resumed run rotates like the
+        # uninterrupted one.
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
+    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
+                       G_ema if config['ema'] else None, *optims, extra=extra, also_as=copies)
 
     with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
         _write_samples(which_G, latents, fixed_z, fixed_y, state_dict, config, experiment_name)
@@ -256,16 +263,16 @@ def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.
     FID = None if FID is None else float(FID)  # None with --no_fid
     improved = (IS_mean > state_dict['best_IS'] if config['which_best'] == 'IS'
                 else FID is not None and FID < state_dict['best_FID'])
-    if improved and is_main:
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f"best{state_dict['save_best_num']}",
-                           G_ema if config['ema'] else None, *optims, extra=extra)
-    if improved:
-        state_dict['save_best_num'] = ((state_dict['save_best_num'] + 1)
-                                       % max(config['num_best_copies'], 1))
+    best_num = state_dict['save_best_num']
+    if improved:  # the saved state already holds the new best score and next copy number
+        state_dict['save_best_num'] = (best_num + 1) % max(config['num_best_copies'], 1)
     state_dict['best_IS'] = max(state_dict['best_IS'], float(IS_mean))
     if FID is not None and math.isfinite(FID):
         state_dict['best_FID'] = min(state_dict['best_FID'], FID)
+    if improved and is_main:
+        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           f'best{best_num}', G_ema if config['ema'] else None, *optims,
+                           extra=extra)
     record = dict(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
                   FID=FID)
     if is_main:

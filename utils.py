@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import pickle
 import random
+import re
+import shutil
 import time
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -46,6 +51,28 @@ class Flag:
         return self.dest or self.name
 
 
+def bounded(kind: type, low: float, high: Optional[float] = None, open_low: bool = False,
+            open_high: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a `kind` value within [low, high] (bounds made open as asked), so a
+    bad value stops the parser with the flag's name before anything runs."""
+    def parse(text: str):
+        value = kind(text)
+        above = value > low if open_low else value >= low
+        below = high is None or (value < high if open_high else value <= high)
+        if not (above and below):
+            lo, hi = '(' if open_low else '[', ')' if open_high or high is None else ']'
+            raise argparse.ArgumentTypeError(
+                f'must lie in {lo}{low}, {"inf" if high is None else high}{hi}, got {text}')
+        return value
+    parse.__name__ = kind.__name__  # argparse says 'invalid int value' for non-numbers
+    return parse
+
+
+POSITIVE_INT, COUNT = bounded(int, 1), bounded(int, 0)
+NONNEGATIVE, POSITIVE = bounded(float, 0), bounded(float, 0, open_low=True)
+ADAM_BETA = bounded(float, 0, 1, open_high=True)
+
+
 def _off(name: str, dest: str, help: str) -> Flag:
     """A bare flag that switches off something on by default (config key `dest`)."""
     return Flag(name, True, 'off', help, dest=dest)
@@ -55,10 +82,10 @@ FLAGS = [
     # Dataset / data loader
     Flag('dataset', 'I128_hdf5', str, 'dataset name (I32..I256[_hdf5], C10, C100) or a path to '
          'an image folder / .hdf5 file'),
-    Flag('resolution', 0, int, 'image resolution for a dataset given by path (0: from the '
+    Flag('resolution', 0, COUNT, 'image resolution for a dataset given by path (0: from the '
          'dataset name or file)'),
     Flag('augment', False, SWITCH, 'random crop / flip augmentation'),
-    Flag('num_workers', 8, int, 'data loader worker processes'),
+    Flag('num_workers', 8, COUNT, 'data loader worker processes'),
     _off('no_pin_memory', 'pin_memory', 'do not pin loader memory'),
     Flag('shuffle', False, SWITCH, 'shuffle the data'),
     Flag('load_in_mem', False, SWITCH, 'load the whole HDF5 file into RAM'),
@@ -68,15 +95,15 @@ FLAGS = [
     Flag('model', 'BigGAN', str, 'model module: BigGAN or BigGANdeep'),
     Flag('G_param', 'SN', str, 'G layers: SN or ortho (plain)', choices=('SN', 'ortho')),
     Flag('D_param', 'SN', str, 'D layers: SN or ortho (plain)', choices=('SN', 'ortho')),
-    Flag('G_ch', 64, int, 'G channel multiplier'),
-    Flag('D_ch', 64, int, 'D channel multiplier'),
-    Flag('G_depth', 1, int, 'G blocks per stage (BigGAN-deep)'),
-    Flag('D_depth', 1, int, 'D blocks per stage (BigGAN-deep)'),
+    Flag('G_ch', 64, POSITIVE_INT, 'G channel multiplier'),
+    Flag('D_ch', 64, POSITIVE_INT, 'D channel multiplier'),
+    Flag('G_depth', 1, POSITIVE_INT, 'G blocks per stage (BigGAN-deep)'),
+    Flag('D_depth', 1, POSITIVE_INT, 'D blocks per stage (BigGAN-deep)'),
     _off('D_thin', 'D_wide', 'thin D blocks (hidden channels = in_channels)'),
     Flag('G_shared', False, SWITCH, 'shared class embedding in G'),
-    Flag('shared_dim', 0, int, 'shared embedding size (0: dim_z)'),
-    Flag('dim_z', 128, int, 'latent size'),
-    Flag('z_var', 1.0, float, 'latent variance'),
+    Flag('shared_dim', 0, COUNT, 'shared embedding size (0: dim_z)'),
+    Flag('dim_z', 128, POSITIVE_INT, 'latent size'),
+    Flag('z_var', 1.0, POSITIVE, 'latent variance'),
     Flag('hier', False, SWITCH, 'hierarchical latents: a z chunk per G stage'),
     Flag('cross_replica', False, SWITCH, 'batch statistics across GPUs (SyncBatchNorm)'),
     Flag('mybn', False, SWITCH, 'fp32 mean-of-squares batch norm with standing stats'),
@@ -87,38 +114,38 @@ FLAGS = [
     Flag('norm_style', 'bn', str, "G's conditional norm: bn, in, gn, nonorm"),
     # Initialisation and optimisation
     Flag('seed', 0, int, 'random seed'),
-    Flag('G_init', 'ortho', str, 'G init: ortho, N02, glorot, xavier'),
-    Flag('D_init', 'ortho', str, 'D init: ortho, N02, glorot, xavier'),
+    Flag('G_init', 'ortho', str, 'G init', choices=('ortho', 'N02', 'glorot', 'xavier')),
+    Flag('D_init', 'ortho', str, 'D init', choices=('ortho', 'N02', 'glorot', 'xavier')),
     Flag('skip_init', False, SWITCH, 'skip weight init (when loading weights anyway)'),
-    Flag('G_lr', 5e-5, float, 'G learning rate'),
-    Flag('D_lr', 2e-4, float, 'D learning rate'),
-    Flag('G_B1', 0.0, float, 'G Adam beta1'),
-    Flag('D_B1', 0.0, float, 'D Adam beta1'),
-    Flag('G_B2', 0.999, float, 'G Adam beta2'),
-    Flag('D_B2', 0.999, float, 'D Adam beta2'),
-    Flag('batch_size', 64, int, 'batch size (per process under DDP)'),
-    Flag('G_batch_size', 0, int, 'G batch size (0: batch_size)'),
-    Flag('num_G_accumulations', 1, int, 'G minibatches accumulated per G step'),
-    Flag('num_D_steps', 2, int, 'D steps per G step'),
-    Flag('num_D_accumulations', 1, int, 'D minibatches accumulated per D step'),
+    Flag('G_lr', 5e-5, NONNEGATIVE, 'G learning rate'),
+    Flag('D_lr', 2e-4, NONNEGATIVE, 'D learning rate'),
+    Flag('G_B1', 0.0, ADAM_BETA, 'G Adam beta1'),
+    Flag('D_B1', 0.0, ADAM_BETA, 'D Adam beta1'),
+    Flag('G_B2', 0.999, ADAM_BETA, 'G Adam beta2'),
+    Flag('D_B2', 0.999, ADAM_BETA, 'D Adam beta2'),
+    Flag('batch_size', 64, POSITIVE_INT, 'batch size (per process under DDP)'),
+    Flag('G_batch_size', 0, COUNT, 'G batch size (0: batch_size)'),
+    Flag('num_G_accumulations', 1, POSITIVE_INT, 'G minibatches accumulated per G step'),
+    Flag('num_D_steps', 2, POSITIVE_INT, 'D steps per G step'),
+    Flag('num_D_accumulations', 1, POSITIVE_INT, 'D minibatches accumulated per D step'),
     Flag('split_D', False, SWITCH, 'run D on fakes and reals separately'),
-    Flag('num_epochs', 100, int, 'epochs to train for'),
+    Flag('num_epochs', 100, COUNT, 'epochs to train for'),
     Flag('parallel', False, SWITCH, 'DataParallel over the visible GPUs'),
     Flag('G_fp16', False, SWITCH, '2019 fp16 G; now means --amp fp16'),
     Flag('D_fp16', False, SWITCH, '2019 fp16 D; now means --amp fp16'),
     Flag('D_mixed_precision', False, SWITCH, '2019 mixed precision D; now means --amp fp16'),
     Flag('G_mixed_precision', False, SWITCH, '2019 mixed precision G; now means --amp fp16'),
     Flag('accumulate_stats', False, SWITCH, 'standing stats before sampling/testing'),
-    Flag('num_standing_accumulations', 16, int, 'batches for standing stats'),
+    Flag('num_standing_accumulations', 16, POSITIVE_INT, 'batches for standing stats'),
     # Bookkeeping
     Flag('G_eval_mode', False, SWITCH, 'sample and test G in eval mode'),
-    Flag('save_every', 2000, int, 'save every N iterations (0: never)'),
-    Flag('num_save_copies', 2, int, 'rotating checkpoint copies'),
-    Flag('num_best_copies', 2, int, 'best checkpoints kept'),
+    Flag('save_every', 2000, COUNT, 'save every N iterations (0: never)'),
+    Flag('num_save_copies', 2, COUNT, 'rotating checkpoint copies'),
+    Flag('num_best_copies', 2, COUNT, 'best checkpoints kept'),
     Flag('which_best', 'IS', str, 'best by IS or FID', choices=('IS', 'FID')),
     Flag('no_fid', False, SWITCH, 'compute IS only'),
-    Flag('test_every', 5000, int, 'test every N iterations (0: never)'),
-    Flag('num_inception_images', 50000, int, 'samples for IS/FID'),
+    Flag('test_every', 5000, COUNT, 'test every N iterations (0: never)'),
+    Flag('num_inception_images', 50000, COUNT, 'samples for IS/FID'),
     Flag('hashname', False, SWITCH, 'name the run by a stable hash of its config'),
     Flag('base_root', '', str, 'root for data/weights/logs/samples'),
     Flag('data_root', 'data', str, 'data folder'),
@@ -131,26 +158,27 @@ FLAGS = [
     Flag('config_from_name', False, SWITCH, 'accepted for 2019 scripts'),
     # EMA
     Flag('ema', False, SWITCH, 'keep an EMA copy of G'),
-    Flag('ema_decay', 0.9999, float, 'EMA decay'),
+    Flag('ema_decay', 0.9999, bounded(float, 0, 1), 'EMA decay'),
     Flag('use_ema', False, SWITCH, 'sample and test with the EMA copy'),
-    Flag('ema_start', 0, int, 'iteration at which EMA starts'),
+    Flag('ema_start', 0, COUNT, 'iteration at which EMA starts'),
     # Numerics
-    Flag('adam_eps', 1e-8, float, 'Adam epsilon'),
-    Flag('BN_eps', 1e-5, float, 'batch norm epsilon'),
-    Flag('SN_eps', 1e-8, float, 'spectral norm epsilon'),
-    Flag('num_G_SVs', 1, int, 'singular values tracked per G layer'),
-    Flag('num_D_SVs', 1, int, 'singular values tracked per D layer'),
-    Flag('num_G_SV_itrs', 1, int, 'power iterations per G forward'),
-    Flag('num_D_SV_itrs', 1, int, 'power iterations per D forward'),
+    Flag('adam_eps', 1e-8, POSITIVE, 'Adam epsilon'),
+    Flag('BN_eps', 1e-5, POSITIVE, 'batch norm epsilon'),
+    Flag('SN_eps', 1e-8, POSITIVE, 'spectral norm epsilon'),
+    Flag('num_G_SVs', 1, POSITIVE_INT, 'singular values tracked per G layer'),
+    Flag('num_D_SVs', 1, POSITIVE_INT, 'singular values tracked per D layer'),
+    Flag('num_G_SV_itrs', 1, POSITIVE_INT, 'power iterations per G forward'),
+    Flag('num_D_SV_itrs', 1, POSITIVE_INT, 'power iterations per D forward'),
     # Regularisation and training function
-    Flag('G_ortho', 0.0, float, 'G orthogonal regularisation strength'),
-    Flag('D_ortho', 0.0, float, 'D orthogonal regularisation strength'),
+    Flag('G_ortho', 0.0, NONNEGATIVE, 'G orthogonal regularisation strength'),
+    Flag('D_ortho', 0.0, NONNEGATIVE, 'D orthogonal regularisation strength'),
     # 2019's --toggle_grads was store_true with default True: passing it changes nothing.
     Flag('toggle_grads', True, SWITCH, "freeze the net not being stepped (on by default; "
          "accepted for 2019 scripts)"),
     _off('no_toggle_grads', 'toggle_grads', "train without freezing the other net's "
          "parameters in each step"),
-    Flag('which_train_fn', 'GAN', str, 'training function'),
+    Flag('which_train_fn', 'GAN', str, 'training function (GAN: train_fns.py\'s)',
+         choices=('GAN',)),
     Flag('load_weights', '', str, 'with --resume: the copy to resume from (e.g. best0, copy1); '
          'without: a run folder or G*.pth file to fine-tune from'),
     Flag('resume', False, SWITCH, 'resume the run'),
@@ -158,11 +186,11 @@ FLAGS = [
     Flag('logstyle', '%3.3e', str, 'number format of the training logs'),
     Flag('log_G_spectra', False, SWITCH, "log G's singular values"),
     Flag('log_D_spectra', False, SWITCH, "log D's singular values"),
-    Flag('sv_log_interval', 10, int, 'iterations between singular value logs'),
+    Flag('sv_log_interval', 10, COUNT, 'iterations between singular value logs'),
     # Beyond 2019
     Flag('loss', 'hinge', str, 'adversarial loss: hinge or dcgan', choices=('hinge', 'dcgan')),
     Flag('unconditional', False, SWITCH, 'ignore the labels: one class, no projection in D'),
-    Flag('log_every', 50, int, 'iterations between reading the losses (host syncs)'),
+    Flag('log_every', 50, POSITIVE_INT, 'iterations between reading the losses (host syncs)'),
     Flag('amp', 'none', str, 'mixed precision: none, bf16 or fp16 (with a grad scaler)',
          choices=('none', 'bf16', 'fp16')),
     Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D'),
@@ -190,30 +218,60 @@ DERIVED_KEYS = {'n_classes', 'classes_per_sheet', 'moments_path', 'G_activation'
                 'D_activation'}
 
 
-def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag]) -> None:
+def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag], defaults: bool) -> None:
+    """Add flags with their defaults, or (defaults=False) with none: then only the flags
+    typed on the command line appear in the parsed namespace."""
     for f in flags:
+        default = f.default if defaults else argparse.SUPPRESS
         if f.type == SWITCH:
-            parser.add_argument(f'--{f.name}', action='store_true', default=f.default,
+            parser.add_argument(f'--{f.name}', action='store_true', default=default,
                                 help=f.help)
         elif f.type == 'off':
-            parser.add_argument(f'--{f.name}', dest=f.key, action='store_false', help=f.help)
+            parser.add_argument(f'--{f.name}', dest=f.key, action='store_false',
+                                default=True if defaults else default, help=f.help)
         else:
-            default = str(f.default).replace('%', '%%')  # argparse %-formats help texts
-            parser.add_argument(f'--{f.name}', type=f.type, default=f.default,
-                                choices=f.choices, help=f'{f.help} (default: {default})')
+            shown = str(f.default).replace('%', '%%')  # argparse %-formats help texts
+            parser.add_argument(f'--{f.name}', type=f.type, default=default,
+                                choices=f.choices, help=f'{f.help} (default: {shown})')
 
 
-def prepare_parser() -> argparse.ArgumentParser:
-    """The training parser: every 2019 flag with its 2019 default."""
+def prepare_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """The training parser: every 2019 flag with its 2019 default (see _add_flags)."""
     parser = argparse.ArgumentParser(description='Train a BigGAN.')
-    _add_flags(parser, FLAGS)
+    _add_flags(parser, FLAGS, defaults)
     return parser
 
 
-def add_sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_sample_parser(parser: argparse.ArgumentParser, defaults: bool = True
+                      ) -> argparse.ArgumentParser:
     """Add the sampling flags of sample.py to a parser."""
-    _add_flags(parser, SAMPLE_FLAGS)
+    _add_flags(parser, SAMPLE_FLAGS, defaults)
     return parser
+
+
+def parse_given(make_parser: Callable[[bool], argparse.ArgumentParser],
+                argv: Optional[list[str]] = None) -> tuple[dict, dict]:
+    """(every flag with its default or typed value, only the flags typed on the command line),
+    from `make_parser(defaults)`."""
+    return vars(make_parser(True).parse_args(argv)), vars(make_parser(False).parse_args(argv))
+
+
+# Keys that describe an invocation (where things are, what to do), not the run: never taken
+# from a saved run config.
+INVOCATION_KEYS = {'base_root', 'data_root', 'weights_root', 'logs_root', 'samples_root',
+                   'experiment_name', 'load_weights', 'resume'}
+
+
+def read_run_config(run_dir: str, suffix: Optional[str] = None) -> tuple[Optional[dict], int]:
+    """(config saved with a run or None, its iteration): config.json, else the `config` of
+    state_dict.pth, where 2019 runs keep it."""
+    state_path = os.path.join(run_dir, checkpoint_file('state_dict', suffix))
+    state = load_file(state_path) if os.path.isfile(state_path) else {}
+    itr = int(state.get('itr', 0))
+    if os.path.isfile(os.path.join(run_dir, 'config.json')):
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            return json.load(f), itr
+    return state.get('config'), itr
 
 
 def config_keys() -> set[str]:
@@ -247,7 +305,7 @@ def name_from_config(config: dict) -> str:
     """The 2019 experiment name derived from the config (SPEC §3), so 2019 runs are found."""
     c = config
     parts = [
-        f"Big{c['which_train_fn']}", c['dataset'],
+        f"Big{c['which_train_fn']}", dataset_label(c['dataset']),
         c['model'] if c['model'] != 'BigGAN' else None,
         f"seed{c['seed']}", f"Gch{c['G_ch']}", f"Dch{c['D_ch']}",
         f"Gd{c['G_depth']}" if c['G_depth'] > 1 else None,
@@ -278,6 +336,15 @@ def name_from_config(config: dict) -> str:
     return hashname(name) if c['hashname'] else name
 
 
+def dataset_label(dataset: str) -> str:
+    """The dataset's part of a run name: a 2019 name as is, a path by its last component
+    (without .hdf5), so the name never holds a path separator."""
+    if os.sep not in dataset and '/' not in dataset and not dataset.endswith(('.hdf5', '.h5')):
+        return dataset
+    name = os.path.basename(os.path.normpath(dataset))
+    return name.rsplit('.', 1)[0] if name.endswith(('.hdf5', '.h5')) else name
+
+
 _ADJECTIVES = ('amber azure bold brave calm clever crisp dapper eager fancy fuzzy gentle '
                'glossy grand happy hardy jolly keen lively lucky mellow merry nimble noble '
                'plucky polite proud quick quiet rapid rustic shiny silent sleek smart snowy '
@@ -296,10 +363,11 @@ def hashname(name: str) -> str:
 
 
 def save_config(config: dict, path: str) -> None:
-    """Write the resolved config as JSON (plain values only)."""
+    """Write the resolved config as JSON (plain values only), atomically."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(plain_config(config), f, indent=2, sort_keys=True)
+    _write_synced(path + '.tmp', lambda f: json.dump(plain_config(config), f, indent=2,
+                                                      sort_keys=True), 'w')
+    os.replace(path + '.tmp', path)
 
 
 def plain_config(config: dict) -> dict:
@@ -416,39 +484,192 @@ def checkpoint_suffix(filename: str) -> Optional[str]:
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary name, fsync, then rename: a kill never leaves half a file."""
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    _save_synced(obj, tmp)
     os.replace(tmp, path)
+
+
+def _save_synced(obj: Any, path: str) -> None:
+    """torch.save and fsync (see _write_synced)."""
+    _write_synced(path, lambda f: torch.save(obj, f))
+
+
+def _write_synced(path: str, write: Callable, mode: str = 'wb') -> None:
+    """Write a file and fsync it. A failure removes it and names it, and a full disk is said
+    in words (torch reports one as an 'enforce fail' RuntimeError)."""
+    try:
+        with open(path, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        full = (getattr(err, 'errno', None) == errno.ENOSPC
+                or shutil.disk_usage(os.path.dirname(path) or '.').free < 64 * 2 ** 20)
+        what = 'disk full' if full else f'{type(err).__name__}: {err}'
+        target = re.sub(r'(\.new|\.tmp\d*)$', '', path)  # the file this write was for
+        raise OSError(errno.ENOSPC if full else getattr(err, 'errno', None),
+                      f'{what} while saving {target}; the previous checkpoint is intact (this '
+                      f'save was not committed)') from err
 
 
 def load_file(path: str, map_location: Any = 'cpu') -> Any:
     """torch.load with weights_only, allowing the nn.ReLU objects 2019 configs pickled."""
     if not os.path.exists(path):
         raise FileNotFoundError(f'checkpoint file {path} does not exist')
-    with torch.serialization.safe_globals([nn.ReLU]):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals([nn.ReLU]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
+        # torch's own first line only: its weights_only advice would be wrong for a damaged file
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ''
+        raise CorruptCheckpointError(
+            f'{path} is truncated, corrupt or not a checkpoint ({type(err).__name__}: {first}). '
+            f'If it belongs to a run folder, its rotating copies may be intact: resume from one '
+            f'with --resume --load_weights copy0 (or copy1), or sample one with --load_weights '
+            f'copy0') from err
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated, overwritten, not a .pth)."""
+
+
+# A save writes every file of its set under a staging name, records the set in a journal,
+# then renames the files into place and removes the journal. A kill before the journal
+# leaves the old set (its staged files are stale); a kill after it is rolled forward by
+# recover_checkpoints at the next start. Either way the run resumes from one complete set.
+STAGED = '.new'
+COMMIT_JOURNAL = 'checkpoint_commit.json'
+
+
+def commit_files(root: str, staged: list[str]) -> None:
+    """Move staged files (written as `name + STAGED`) into place as one set."""
+    _write_synced(os.path.join(root, COMMIT_JOURNAL + '.tmp'),
+                  lambda f: json.dump({'files': staged}, f), 'w')
+    os.replace(os.path.join(root, COMMIT_JOURNAL + '.tmp'), os.path.join(root, COMMIT_JOURNAL))
+    _roll_forward(root, staged)
+
+
+def _roll_forward(root: str, names: list[str]) -> None:
+    """Rename the recorded set's staged files into place, then drop the journal."""
+    for name in names:
+        if os.path.exists(os.path.join(root, name + STAGED)):
+            os.replace(os.path.join(root, name + STAGED), os.path.join(root, name))
+    _fsync_dir(root)
+    os.remove(os.path.join(root, COMMIT_JOURNAL))
+    _fsync_dir(root)
+
+
+def _fsync_dir(root: str) -> None:
+    """Make renames in a folder durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def recover_checkpoints(root: str) -> list[str]:
+    """Finish a save a kill interrupted after its journal, drop staged and temporary files of
+    one it interrupted before; returns what was done, to print."""
+    done = []
+    journal = os.path.join(root, COMMIT_JOURNAL)
+    if os.path.exists(journal):
+        try:
+            with open(journal) as f:
+                names = json.load(f)['files']
+        except (OSError, ValueError, KeyError):
+            names = None  # the journal's own rename is atomic: this is not our journal
+        if names is not None:
+            _roll_forward(root, names)
+            done.append(f'completed the save interrupted after it was recorded: {len(names)} '
+                        f'files')
+    stale = sorted(f for f in os.listdir(root) if f.endswith(STAGED)
+                   or re.fullmatch(r'.+\.tmp\d*', f))
+    for name in stale:
+        os.remove(os.path.join(root, name))
+    if stale:
+        done.append(f'removed {len(stale)} files of an interrupted save: {", ".join(stale)}')
+    return done
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every floating-point tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() and obj.numel() else []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    values = obj if isinstance(obj, (list, tuple)) else ()
+    return [t for v in values for t in _tensors(v)]
+
+
+def nonfinite_parts(parts: dict[str, Any]) -> list[str]:
+    """Names of the parts (state dicts) holding a NaN or inf, by one max-abs reduction per
+    device: a save syncs with the device once, the training step never does."""
+    maxes: dict[torch.device, list[torch.Tensor]] = {}
+    owners: dict[torch.device, list[str]] = {}
+    for name, obj in parts.items():
+        for t in _tensors(obj):
+            maxes.setdefault(t.device, []).append(t.detach())
+            owners.setdefault(t.device, []).append(name)
+    bad = set()
+    for device, tensors in maxes.items():
+        # max |x| is finite exactly when every entry is (NaN propagates through the max).
+        finite = torch.stack(torch._foreach_norm(tensors, float('inf'))).isfinite().tolist()
+        bad.update(name for name, ok in zip(owners[device], finite) if not ok)
+    return sorted(bad)
 
 
 def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str,
                  experiment_name: str, name_suffix: Optional[str] = None,
                  G_ema: Optional[nn.Module] = None, G_optim=None, D_optim=None,
-                 extra: Optional[dict] = None) -> str:
-    """Write G, D, their optimizers, state_dict (plus `extra`) and G_ema into the run folder.
-
-    Each file is written atomically; state_dict.pth, which records the iteration, goes last.
+                 extra: Optional[dict] = None, also_as: tuple[str, ...] = ()) -> str:
+    """Write G, D, their optimizers, G_ema and state_dict (plus `extra`) into the run folder,
+    under `name_suffix` and, in the same set, under each suffix of `also_as` (rotating
+    copies, hard links where the file system allows). The set is committed as a whole (see
+    STAGED); weights or optimizer states with a NaN or inf are refused (FloatingPointError)
+    so that they never replace finite ones.
     """
     root = os.path.join(weights_root, experiment_name)
+    parts = {'G': G.state_dict(), 'D': D.state_dict()}
+    for name, obj in (('G_optim', G_optim), ('D_optim', D_optim), ('G_ema', G_ema)):
+        if obj is not None:
+            parts[name] = obj.state_dict()
+    bad = nonfinite_parts(parts)
+    if bad:
+        raise FloatingPointError(f'{", ".join(bad)} hold non-finite values: not saved to {root}')
+    parts['state_dict'] = dict(state_dict, config=plain_config(state_dict.get('config', {})),
+                               **(extra or {}))
     os.makedirs(root, exist_ok=True)
-    files = [('G', G.state_dict()), ('D', D.state_dict())]
-    files += [('G_optim', G_optim.state_dict())] if G_optim is not None else []
-    files += [('D_optim', D_optim.state_dict())] if D_optim is not None else []
-    files += [('G_ema', G_ema.state_dict())] if G_ema is not None else []
-    state = dict(state_dict, config=plain_config(state_dict.get('config', {})), **(extra or {}))
-    for name, obj in files + [('state_dict', state)]:
-        atomic_save(obj, os.path.join(root, checkpoint_file(name, name_suffix)))
+    staged = []
+    try:
+        for name, obj in parts.items():
+            first = checkpoint_file(name, name_suffix)
+            _save_synced(obj, os.path.join(root, first + STAGED))
+            staged.append(first)
+            for suffix in also_as:
+                staged.append(checkpoint_file(name, suffix))
+                _link_or_copy(os.path.join(root, first + STAGED),
+                              os.path.join(root, staged[-1] + STAGED))
+    except BaseException:
+        for name in staged:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(root, name + STAGED))
+        raise
+    commit_files(root, staged)
     return root
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A second name for a written file: a hard link (no second write), else a copy."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,

@@ -6,6 +6,15 @@
 set -e
 cd "$(dirname "$0")/.."
 python make_hdf5.py --make_demo data/demo --resolution 32 --num_workers 2
+# train.py never starts a new run over an existing one: the demo starts over explicitly
+# (unless --resume is among the extra flags, which continues it).
+case " $* " in
+  *" --resume "*) ;;
+  *) if [ -d weights/demo ]; then
+       echo "Starting the demo over: removing the previous demo run (weights/demo, logs/demo*, samples/demo)"
+       rm -rf weights/demo logs/demo logs/demo_log.jsonl samples/demo
+     fi ;;
+esac
 python train.py --dataset data/demo_32.hdf5 --experiment_name demo \
   --shuffle --use_multiepoch_sampler --num_workers 1 --batch_size 32 --num_D_steps 1 \
   --G_ch 8 --D_ch 8 --G_shared --shared_dim 32 --hier --dim_z 32 --G_attn 0 --D_attn 0 \

@@ -186,7 +186,7 @@ def test_truncation_applies_to_npz_sheets_interps_and_metrics(base, tmp_path, mo
     calls.clear()
     done = sample.run(sample_args(tmp_path, '--truncation', '0.5', '--sample_sheets',
                                   '--sample_interps', '--sample_inception_metrics',
-                                  '--num_inception_images', '8', '--G_batch_size', '8'))
+                                  '--num_inception_images', '10', '--G_batch_size', '8'))
     # One draw per sheet column (10), 2+2+1 for the interps, then the metrics batch.
     assert len(calls) == 10 + 5 + 1 and set(calls) == {0.5}
     assert done['metrics']['truncation'] == 0.5 and 'z_var' not in done['metrics']
@@ -255,6 +255,13 @@ def test_errors(base, tmp_path, capsys):
     err = error_of(sample_args(tmp_path, '--sample_random'), capsys)
     assert 'G_ema.pth are missing' in err and '--no_use_ema' in err
     assert sample.run(sample_args(tmp_path, '--sample_random', '--no_use_ema'))['random']
+    # A truncated G.pth names the file and the rotating copies; a half-committed save waits.
+    G_file = tmp_path / 'weights' / NAME / 'G.pth'
+    G_file.write_bytes(G_file.read_bytes()[:100])
+    err = error_of(sample_args(tmp_path, '--sample_random', '--no_use_ema'), capsys)
+    assert 'G.pth is truncated, corrupt or not a checkpoint' in err and 'copy0' in err
+    (tmp_path / 'weights' / NAME / utils.COMMIT_JOURNAL).write_text('{"files": []}')
+    assert 'in the middle of a save' in error_of(sample_args(tmp_path, '--sample_random'), capsys)
 
 
 def test_metrics_without_moments_fail_before_sampling(base, tmp_path, capsys):
@@ -270,3 +277,49 @@ def test_metrics_without_moments_fail_before_sampling(base, tmp_path, capsys):
     err = error_of(sample_args(base, '--sample_inception_metrics', '--inception_weights',
                                str(tmp_path / 'absent.pth')), capsys)
     assert 'absent.pth does not exist' in err
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--sample_npz', '--sample_num_npz', '0'], '--sample_num_npz 0'),
+    (['--sample_inception_metrics', '--num_inception_images', '9'], '--num_inception_images 9'),
+    (['--sample_trunc_curves', '0.5_0.5_1.0', '--num_inception_images', '5'],
+     '--num_inception_images 5'),
+])
+def test_counts_are_checked_before_anything_is_sampled(base, tmp_path, capsys, flags, named):
+    # The Inception counts are checked before the weights are: none exist here.
+    shutil.copytree(base / 'weights', tmp_path / 'weights')
+    assert named in error_of(sample_args(tmp_path, *flags), capsys)
+    assert not (tmp_path / 'samples').exists()
+    assert not list(tmp_path.rglob('*.tmp'))
+
+
+@pytest.mark.parametrize('saved', [{'G_batch_size': -1}, {'G_batch_size': 0, 'batch_size': 0}])
+def test_G_batch_size_from_the_run_config_is_checked(base, tmp_path, capsys, saved):
+    """The command line bounds the flag; a run's config.json (edited, or old) is read as is."""
+    shutil.copytree(base / 'weights', tmp_path / 'weights')
+    path = tmp_path / 'weights' / NAME / 'config.json'
+    path.write_text(json.dumps({**json.loads(path.read_text()), **saved}))
+    err = error_of(sample_args(tmp_path, '--sample_random'), capsys)
+    assert f"--G_batch_size {saved['G_batch_size']}: give at least 1" in err
+    assert not (tmp_path / 'samples').exists()
+
+
+@pytest.mark.parametrize('failure', [RuntimeError('CUDA out of memory'), KeyboardInterrupt()])
+def test_write_npz_removes_its_tmp_file_when_it_fails(tmp_path, failure):
+    path = tmp_path / 'samples.npz'
+    np.savez(path, x=np.zeros(1), y=np.zeros(1))  # an earlier run's file
+    before, calls = path.read_bytes(), []
+
+    def draw():
+        """Two batches of 4, then the failure."""
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise failure
+        return torch.zeros(4, 3, 8, 8), torch.arange(4)
+    with pytest.raises(type(failure)):
+        sample.write_npz(str(path), draw, 10)
+    assert len(calls) == 3 and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['samples.npz']
+    with pytest.raises(ValueError, match='at least 1'):
+        sample.write_npz(str(tmp_path / 'empty.npz'), draw, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['samples.npz']

@@ -1,5 +1,6 @@
 """End-to-end tests of train.py: config, saving, exact resume, 2019 run folders, failures."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import train
+import train_fns
 import utils
 from conftest import ROOT, shared_file
 
@@ -204,7 +206,7 @@ def test_2019_run_folder_resumes_with_its_optimizer_state(tmp_path):
     folder = shared_file('fixtures/run2019/weights/run2019')
     base = tmp_path / 'run2019'
     shutil.copytree(folder, base / 'weights' / 'run2019')
-    data = write_hdf5(tmp_path / 'c10like.hdf5', n=8, n_classes=10)
+    data = write_hdf5(tmp_path / 'c10like.hdf5', n=10, n_classes=10)
     old_optim = utils.load_file(str(folder / 'G_optim.pth'))
     flags = ['--dataset', str(data), '--base_root', str(base)] + (
         '--G_ch 8 --D_ch 8 --G_attn 0 --D_attn 0 --G_shared --shared_dim 16 --hier --dim_z 20 '
@@ -378,3 +380,185 @@ def test_norm_styles_train_and_sample_with_standing_stats(tmp_path, data_file, n
     G = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'G.pth'))
     assert ('blocks.0.0.bn1.stored_mean' in G) == (norm_style == 'in')
     assert 'output_layer.0.stored_mean' in G
+
+
+# ----------------------------------------------------------------------------------------
+# Reliability: kills, NaNs, bad starts, resumed flags
+# ----------------------------------------------------------------------------------------
+
+# Runs train.py with each file-system step of a save (fsync, rename) slowed down and
+# counted; KILL_AT_CALL=k sends the process SIGKILL at the k-th, before it runs. A save of
+# G, D, G_ema, both optimizers and state_dict with one rotating copy makes 22 such steps:
+# 1-6 stage its files, 7-8 record the journal, 9-20 rename the 12 files, 21-22 sync the
+# folder around removing the journal.
+KILLABLE_TRAIN = '''
+import os, signal, sys, time, runpy
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+import utils
+calls, kill_at, saving = 0, int(os.environ.get('KILL_AT_CALL', '0')), False
+real_replace, real_fsync, real_save_weights = os.replace, os.fsync, utils.save_weights
+def tick():
+    global calls
+    if saving:
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.005)
+def replace(*args, **kwargs):
+    tick()
+    return real_replace(*args, **kwargs)
+def fsync(fd):
+    tick()
+    return real_fsync(fd)
+def save_weights(*args, **kwargs):
+    global saving
+    saving = True
+    try:
+        return real_save_weights(*args, **kwargs)
+    finally:
+        saving = False
+os.replace, os.fsync, utils.save_weights = replace, fsync, save_weights
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+SAVE_STEPS = 22
+
+
+def run_killable(tmp_path: Path, flags: list[str], kill_at: int = 0,
+                 kill_after: float = 0.0) -> int:
+    """Run train.py in a subprocess, killed at the kill_at-th step of its saves or kill_after
+    seconds after its run folder appears; returns the exit code (-9: killed)."""
+    script = tmp_path / 'killable_train.py'
+    script.write_text(KILLABLE_TRAIN)
+    env = {**os.environ, 'KILL_AT_CALL': str(kill_at)}
+    proc = subprocess.Popen([sys.executable, str(script), str(ROOT / 'train.py'), *flags],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    if kill_after:
+        config = Path(flags[flags.index('--base_root') + 1]) / 'weights' / 'tiny' / 'config.json'
+        deadline = time.time() + 120
+        while not config.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(kill_after)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-3000:]
+    return proc.returncode
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_sigkill_anywhere_then_resume_until_done_equals_the_uninterrupted_run(
+        tmp_path, data_file, seed):
+    """SIGKILL inside a save after its journal (the next start completes it), inside a save
+    before it (the previous set stands), and at a random time, resuming after each: the run
+    ends with exactly the uninterrupted run's losses and weights, and no stale files."""
+    flags = ['--num_epochs', '5', '--save_every', '2', '--use_multiepoch_sampler']
+    straight = tmp_path / 'straight'
+    train.main(run_flags(straight, data_file, *flags))  # 20 iterations, 10 saves
+    rng = np.random.default_rng(seed)
+    killed = run_flags(tmp_path / 'killed', data_file, *flags)
+    weights = tmp_path / 'killed' / 'run' / 'weights' / 'tiny'
+
+    save = int(rng.integers(1, 9))  # 0-based: the save at iteration 2 * (save + 1)
+    kill_at = save * SAVE_STEPS + int(rng.integers(9, 22))  # among the renames
+    assert run_killable(tmp_path, killed, kill_at=kill_at) == -signal.SIGKILL
+    assert (weights / utils.COMMIT_JOURNAL).exists()  # a half-renamed, recorded set
+    remaining = 10 - (save + 1)  # the resumed run completes that save and starts after it
+    kill_at = int(rng.integers(0, remaining)) * SAVE_STEPS + int(rng.integers(1, 9))
+    assert run_killable(tmp_path, killed + ['--resume'], kill_at=kill_at) == -signal.SIGKILL
+    assert not (weights / utils.COMMIT_JOURNAL).exists()
+    assert [f for f in os.listdir(weights) if f.endswith(utils.STAGED)]  # an unrecorded set
+    code = run_killable(tmp_path, killed + ['--resume'],
+                        kill_after=float(rng.uniform(0.1, 1.5)))
+    while code != 0:
+        code = run_killable(tmp_path, killed + ['--resume'])
+    assert_same_run(tmp_path / 'killed', straight)
+    assert utils.load_file(str(weights / 'state_dict.pth'))['itr'] == 20
+    assert not [f for f in os.listdir(weights) if f.endswith(utils.STAGED) or '.tmp' in f
+                or f == utils.COMMIT_JOURNAL]
+
+
+def test_a_run_gone_non_finite_between_loss_checks_keeps_only_finite_checkpoints(
+        tmp_path, data_file, monkeypatch):
+    """NaN weights from iteration 7; losses are read every 50: the save at 10 is refused,
+    the checkpoints stay those of iteration 5, and the error names that one."""
+    make_train = train_fns.GAN_training_function
+
+    def poisoned(G, D, GD, G_optim, D_optim, latents, ema, state_dict, *args, **kwargs):
+        step = make_train(G, D, GD, G_optim, D_optim, latents, ema, state_dict, *args, **kwargs)
+
+        def train_step(x, y):
+            losses = step(x, y)
+            if state_dict['itr'] == 7:
+                with torch.no_grad():
+                    G.linear.weight[0, 0] = float('nan')
+            return losses
+        return train_step
+    monkeypatch.setattr(train_fns, 'GAN_training_function', poisoned)
+    flags = run_flags(tmp_path, data_file, '--num_epochs', '4', '--save_every', '5')
+    flags[flags.index('--log_every') + 1] = '50'
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    with pytest.raises(FloatingPointError, match=(
+            r'G, G_ema, G_optim hold non-finite values: not saved .* at iteration 10\. '
+            r'The last good checkpoint is \S+/tiny \(iteration 5\)')):
+        train.main(flags)
+    for path in weights.glob('*.pth'):
+        state = utils.load_file(str(path))
+        assert not utils.nonfinite_parts({path.name: state}), path.name
+        if path.name.startswith('state_dict'):
+            assert state['itr'] == 5
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*'))
+            if p.is_file()}
+
+
+def test_a_failed_start_leaves_an_existing_run_byte_identical(tmp_path, data_file, capsys):
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '2'))
+    before = snapshot(tmp_path / 'run')
+    with pytest.raises(SystemExit):  # a bad value: the parser stops, naming the flag
+        train.main(run_flags(tmp_path, data_file, '--num_D_steps', '0'))
+    assert 'argument --num_D_steps: must lie in [1, inf), got 0' in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match=r'already holds a run \(saved at iteration 4\)'
+                                              r'.*--resume.*new --experiment_name'):
+        train.main(run_flags(tmp_path, data_file, '--num_epochs', '2'))
+    with pytest.raises(FileNotFoundError):  # bad data, resuming
+        train.main(run_flags(tmp_path, tmp_path / 'missing.hdf5', '--resume'))
+    with pytest.raises(ValueError, match='does not fit'):  # a model the run does not hold
+        train.main(run_flags(tmp_path, data_file, '--resume', '--G_ch', '8'))
+    assert snapshot(tmp_path / 'run') == before
+
+
+def test_flags_given_on_resume_win_and_the_saved_ones_fill_the_rest(tmp_path, data_file,
+                                                                    capsys):
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '4',
+                         '--G_lr', '3e-4', '--num_workers', '0'))
+    # Only where the run is and what to change: the saved flags supply the model and data.
+    state = train.main(['--base_root', str(tmp_path / 'run'), '--experiment_name', 'tiny',
+                        '--resume', '--num_epochs', '2', '--D_lr', '1e-5'])
+    assert state['itr'] == 8
+    out = capsys.readouterr().out
+    assert "--resume: D_lr = 1e-05 as given (the run was saved with 0.0002)" in out
+    assert 'G_lr' not in out.split('--resume:')[-1].split('\n')[0]
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    config = json.loads((weights / 'config.json').read_text())
+    assert (config['D_lr'], config['G_lr'], config['G_ch'], config['num_epochs']) == (
+        1e-5, 3e-4, 4, 2)
+    optim = utils.load_file(str(weights / 'D_optim.pth'))
+    assert {g['lr'] for g in optim['param_groups']} == {1e-5}
+    assert {g['lr'] for g in utils.load_file(str(weights / 'G_optim.pth'))['param_groups']} \
+        == {3e-4}
+
+
+def test_resume_of_a_run_killed_before_its_first_save_starts_at_zero(tmp_path, data_file,
+                                                                     capsys):
+    flags = run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '0')
+    train.main(flags)  # logs and config.json, no checkpoint
+    state = train.main(flags + ['--resume', '--save_every', '4'])
+    assert state['itr'] == 4 and 'holds no checkpoint yet' in capsys.readouterr().out
+    assert [int(x.split(':')[0]) for x in _loss_lines(tmp_path / 'run')] == [1, 2, 3, 4]
+    with pytest.raises(FileNotFoundError, match='no run folder'):
+        train.main(run_flags(tmp_path, data_file, '--resume', '--experiment_name', 'typo'))

@@ -1,0 +1,192 @@
+"""Tests of utils.py: flags, run names, and checkpoint sets that survive kills, NaNs and
+full disks."""
+import errno
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+import utils
+
+
+def tiny_nets():
+    torch.manual_seed(0)
+    G, D = nn.Linear(3, 2), nn.Linear(2, 1)
+    optim = torch.optim.Adam(G.parameters())
+    G(torch.randn(4, 3)).sum().backward()
+    optim.step()
+    return G, D, optim
+
+
+def save(root, G, D, optim, itr, **kwargs):
+    return utils.save_weights(G, D, {'itr': itr, 'config': {}}, str(root), 'run', None,
+                              G_optim=optim, **kwargs)
+
+
+def files(run):
+    return sorted(os.listdir(run))
+
+
+# ----------------------------------------------------------------------------------------
+# Flags and names
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('flag,value,message', [
+    ('--num_D_steps', '0', 'argument --num_D_steps: must lie in [1, inf), got 0'),
+    ('--G_lr', '-0.0001', 'argument --G_lr: must lie in [0, inf), got -0.0001'),
+    ('--D_B2', '1.0', 'argument --D_B2: must lie in [0, 1), got 1.0'),
+    ('--batch_size', 'x', "argument --batch_size: invalid int value: 'x'"),
+    ('--which_train_fn', 'WGAN', "argument --which_train_fn: invalid choice: 'WGAN'"),
+])
+def test_bad_flag_values_stop_the_parser_naming_the_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        utils.prepare_parser().parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_parse_given_tells_typed_flags_from_defaults():
+    config, given = utils.parse_given(utils.prepare_parser,
+                                      ['--G_lr', '1e-4', '--no_pin_memory', '--toggle_grads'])
+    assert config['G_lr'] == 1e-4 and config['D_lr'] == 2e-4 and config['pin_memory'] is False
+    assert given == {'G_lr': 1e-4, 'pin_memory': False, 'toggle_grads': True}
+
+
+def test_run_names_hold_no_path_separators():
+    config = vars(utils.prepare_parser().parse_args(['--dataset', 'data/sub/mini_32.hdf5']))
+    name = utils.name_from_config(config)
+    assert name.startswith('BigGAN_mini_32_seed0_') and '/' not in name
+    config['dataset'] = '/abs/folder/'
+    assert utils.name_from_config(config).startswith('BigGAN_folder_seed0_')
+    config['dataset'] = 'I128_hdf5'
+    assert utils.name_from_config(config).startswith('BigGAN_I128_hdf5_seed0_')
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoint sets
+# ----------------------------------------------------------------------------------------
+
+
+def test_a_save_with_copies_is_one_set_and_copies_are_links(tmp_path):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5, also_as=('copy1',))
+    assert files(run) == ['D.pth', 'D_copy1.pth', 'G.pth', 'G_copy1.pth', 'G_optim.pth',
+                          'G_optim_copy1.pth', 'state_dict.pth', 'state_dict_copy1.pth']
+    assert os.path.samefile(os.path.join(run, 'G.pth'), os.path.join(run, 'G_copy1.pth'))
+    save(tmp_path, G, D, optim, 10)  # the next save replaces G.pth, not the copy
+    assert utils.load_file(os.path.join(run, 'state_dict_copy1.pth'))['itr'] == 5
+    assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 10
+
+
+def test_non_finite_weights_or_optimizer_states_are_never_saved(tmp_path):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5)
+    before = {f: open(os.path.join(run, f), 'rb').read() for f in files(run)}
+    with torch.no_grad():
+        D.weight[0, 0] = float('nan')
+    with pytest.raises(FloatingPointError, match='^D hold non-finite values'):
+        save(tmp_path, G, D, optim, 10)
+    with torch.no_grad():
+        D.weight[0, 0] = 0.0
+    next(iter(optim.state.values()))['exp_avg_sq'][0] = float('inf')
+    with pytest.raises(FloatingPointError, match='^G_optim hold non-finite values'):
+        save(tmp_path, G, D, optim, 10)
+    assert {f: open(os.path.join(run, f), 'rb').read() for f in files(run)} == before
+
+
+def test_nonfinite_parts_finds_nan_and_inf_by_part():
+    parts = {'a': {'w': torch.ones(3), 'n': torch.tensor(7)},
+             'b': {'state': {0: {'m': torch.tensor([1.0, float('nan')])}}},
+             'c': [torch.tensor([float('-inf')])], 'd': {'big': torch.tensor([3e38, -3e38])}}
+    assert utils.nonfinite_parts(parts) == ['b', 'c']
+
+
+def stage_a_save(run, itr, G, D, optim, journal: bool):
+    """What a save leaves when killed after staging its files, with or without its journal."""
+    parts = {'G': G.state_dict(), 'D': D.state_dict(), 'G_optim': optim.state_dict(),
+             'state_dict': {'itr': itr, 'config': {}}}
+    for name, obj in parts.items():
+        torch.save(obj, os.path.join(run, f'{name}.pth{utils.STAGED}'))
+    if journal:
+        with open(os.path.join(run, utils.COMMIT_JOURNAL), 'w') as f:
+            json.dump({'files': [f'{name}.pth' for name in parts]}, f)
+        # killed after two of the four renames
+        for name in ('G', 'D'):
+            os.replace(os.path.join(run, f'{name}.pth{utils.STAGED}'),
+                       os.path.join(run, f'{name}.pth'))
+
+
+def test_recovery_rolls_a_recorded_save_forward(tmp_path):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5)
+    with torch.no_grad():
+        G.weight.add_(1)
+    stage_a_save(run, 10, G, D, optim, journal=True)
+    assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 5  # a mixed set
+    done = utils.recover_checkpoints(run)
+    assert done and 'completed' in done[0]
+    assert files(run) == ['D.pth', 'G.pth', 'G_optim.pth', 'state_dict.pth']
+    assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 10
+    torch.testing.assert_close(utils.load_file(os.path.join(run, 'G.pth'))['weight'], G.weight)
+
+
+def test_recovery_drops_an_unrecorded_save_and_temporary_files(tmp_path):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5)
+    before = {f: open(os.path.join(run, f), 'rb').read() for f in files(run)}
+    with torch.no_grad():
+        G.weight.add_(1)
+    stage_a_save(run, 10, G, D, optim, journal=False)
+    open(os.path.join(run, 'G.pth.tmp1234'), 'wb').write(b'half')
+    open(os.path.join(run, 'config.json.tmp'), 'w').write('{')
+    done = utils.recover_checkpoints(run)
+    assert len(done) == 1 and 'removed 6 files' in done[0]
+    assert {f: open(os.path.join(run, f), 'rb').read() for f in files(run)} == before
+    assert utils.recover_checkpoints(run) == []
+
+
+def test_a_failed_save_leaves_the_previous_set(tmp_path, monkeypatch):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5, also_as=('copy0',))
+    before = {f: open(os.path.join(run, f), 'rb').read() for f in files(run)}
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third file of the set finds the disk full
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(OSError, match=r'disk full while saving \S+/G_optim.pth; the '
+                                      r'previous checkpoint is intact'):
+        save(tmp_path, G, D, optim, 10, also_as=('copy1',))
+    assert {f: open(os.path.join(run, f), 'rb').read() for f in files(run)} == before
+
+
+def test_torch_disk_full_errors_are_said_in_words(tmp_path, monkeypatch):
+    """torch.save reports a full disk as an 'enforce fail' RuntimeError."""
+    def enforce_fail(obj, f, *args, **kwargs):
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 64')
+    monkeypatch.setattr(torch, 'save', enforce_fail)
+    monkeypatch.setattr(utils.shutil, 'disk_usage', lambda path: SimpleNamespace(free=1024))
+    with pytest.raises(OSError, match=r'disk full while saving \S+/x.pth; the previous'):
+        utils.atomic_save({'w': torch.ones(1)}, str(tmp_path / 'x.pth'))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage', 'empty'])
+def test_a_damaged_checkpoint_names_the_file_and_the_copies(tmp_path, damage):
+    G, D, optim = tiny_nets()
+    run = save(tmp_path, G, D, optim, 5)
+    path = os.path.join(run, 'state_dict.pth')
+    data = open(path, 'rb').read()
+    damaged = {'truncate': data[:len(data) // 2], 'garbage': b'not a checkpoint' * 10,
+               'empty': b''}[damage]
+    open(path, 'wb').write(damaged)
+    with pytest.raises(utils.CorruptCheckpointError,
+                       match=r'state_dict.pth is truncated, corrupt or not a checkpoint '
+                             r'.*--resume --load_weights copy0'):
+        utils.load_file(path)
