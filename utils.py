@@ -365,9 +365,8 @@ def hashname(name: str) -> str:
 def save_config(config: dict, path: str) -> None:
     """Write the resolved config as JSON (plain values only), atomically."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    _write_synced(path + '.tmp', lambda f: json.dump(plain_config(config), f, indent=2,
-                                                      sort_keys=True), 'w')
-    os.replace(path + '.tmp', path)
+    atomic_write(path, lambda f: json.dump(plain_config(config), f, indent=2, sort_keys=True),
+                 'w')
 
 
 def plain_config(config: dict) -> dict:
@@ -483,8 +482,13 @@ def checkpoint_suffix(filename: str) -> Optional[str]:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary name, fsync, then rename: a kill never leaves half a file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str, write: Callable, mode: str = 'wb') -> None:
+    """`write(file)` to a temporary name, fsync, then rename onto `path`."""
     tmp = f'{path}.tmp{os.getpid()}'
-    _save_synced(obj, tmp)
+    _write_synced(tmp, write, mode)
     os.replace(tmp, path)
 
 
@@ -545,9 +549,8 @@ COMMIT_JOURNAL = 'checkpoint_commit.json'
 
 def commit_files(root: str, staged: list[str]) -> None:
     """Move staged files (written as `name + STAGED`) into place as one set."""
-    _write_synced(os.path.join(root, COMMIT_JOURNAL + '.tmp'),
-                  lambda f: json.dump({'files': staged}, f), 'w')
-    os.replace(os.path.join(root, COMMIT_JOURNAL + '.tmp'), os.path.join(root, COMMIT_JOURNAL))
+    atomic_write(os.path.join(root, COMMIT_JOURNAL), lambda f: json.dump({'files': staged}, f),
+                 'w')
     _roll_forward(root, staged)
 
 
