@@ -870,10 +870,20 @@ def accumulate_standing_stats(G: nn.Module, latents: Latents, num_accumulations:
     G.eval()
 
 
-def _save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def save_grid(images: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
+    """Images in [-1, 1] as one grid file (square-ish unless `nrow` images per row)."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    nrow = nrow or int(len(images) ** 0.5)
     torchvision.utils.save_image(images.float().cpu(), path, nrow=nrow, normalize=True,
                                  value_range=(-1, 1))
+
+
+def configure_backends(device: torch.device) -> None:
+    """On CUDA: TF32 matmuls/convolutions and cuDNN autotuning (no effect on the CPU)."""
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 
 @torch.no_grad()
@@ -891,7 +901,7 @@ def sample_sheet(G: nn.Module, classes_per_sheet: int, num_classes: int,
         out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
         paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
                                   f'samples{i}.jpg'))
-        _save_grid(out, paths[-1], nrow=samples_per_class)
+        save_grid(out, paths[-1], nrow=samples_per_class)
     return paths
 
 
@@ -927,5 +937,5 @@ def interp_sheet(G: nn.Module, num_per_sheet: int, num_midpoints: int, num_class
     style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
     path = os.path.join(samples_root, experiment_name, str(folder_number),
                         f'interp{style}{sheet_number}.jpg')
-    _save_grid(out, path, nrow=steps)
+    save_grid(out, path, nrow=steps)
     return path
