@@ -1,22 +1,5 @@
-"""Shared test helpers: repository root on sys.path, and where `../shared/` lives."""
-import os
+"""pytest set-up: the flat modules at the repository root import by name in every test."""
 import sys
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-# The team's reference files live beside the repository (`../shared/`); CI lays a copy
-# there. A user's clone does not have it, so tests that need it skip with a reason.
-SHARED = Path(os.environ.get('BIGGAN_SHARED', ROOT.parent / 'shared'))
-
-
-def shared_file(relpath: str) -> Path:
-    """Path of a file under ../shared/, or skip the test saying what is missing."""
-    path = SHARED / relpath
-    if not path.exists():
-        pytest.skip(f'reference file {path} is absent (it lives in the team\'s shared/ folder '
-                    f'beside the repository; set BIGGAN_SHARED to point elsewhere)')
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -1,4 +1,4 @@
-"""The checkpoint-compatibility check of SPEC §2, in the format of shared/fixtures/upstream_compat.
+"""2019-checkpoint compatibility of the models, in the format of shared/fixtures/upstream_compat.
 
 A reference is a dict: `config`, state dicts `G`/`D`, inputs `z`/`y`/`x`, eval-mode outputs
 `G_eval`/`D_eval`, the outputs of one train-mode forward run right after (`G_train`/`D_train`)

@@ -4,7 +4,7 @@ import torch
 
 import BigGAN
 import utils
-from conftest import shared_file
+from helpers import shared_file
 from model_check import check_parameter_order, check_reference
 
 TINY = dict(G_ch=4, D_ch=4, dim_z=16, shared_dim=8, hier=True, G_shared=True, n_classes=3,

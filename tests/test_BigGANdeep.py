@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import BigGANdeep
-from conftest import shared_file
+from helpers import shared_file
 from model_check import check_parameter_order, check_reference, make_reference
 
 TINY = dict(model='BigGANdeep', G_ch=8, D_ch=8, G_depth=2, D_depth=2, dim_z=16, shared_dim=8,

@@ -10,7 +10,7 @@ import torch
 from test_train import write_hdf5
 
 import train
-from conftest import ROOT
+from helpers import ROOT
 
 HARNESS = textwrap.dedent('''
     """Run train.main under torchrun and save this rank's final G and D."""

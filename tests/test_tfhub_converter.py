@@ -15,7 +15,7 @@ from PIL import Image
 
 import BigGAN
 import layers
-from conftest import ROOT
+from helpers import ROOT
 
 _spec = importlib.util.spec_from_file_location('tfhub_converter', ROOT / 'TFHub' / 'converter.py')
 converter = importlib.util.module_from_spec(_spec)
