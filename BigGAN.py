@@ -1,7 +1,7 @@
 """BigGAN generator and discriminator (Brock et al. 2019), checkpoint-compatible with 2019.
 
-Both constructors take the whole run config as keyword arguments (flag names of SPEC §9 plus
-`resolution` and `n_classes`); G ignores the `D_*` keys and D the `G_*` ones. Forward calls:
+Both constructors take the whole run config as keyword arguments (the command-line flag names
+plus `resolution` and `n_classes`); G ignores the `D_*` keys and D the `G_*` ones. Forward calls:
 `G(z, G.shared(y))` and `D(x, y)`.
 
     G, D = Generator(**config), Discriminator(**config)
@@ -136,7 +136,7 @@ def check_config_keys(owner: str, extra: dict) -> None:
 class Generator(nn.Module):
     """BigGAN G: z (split per stage with `hier`) and a class embedding to an image in [-1, 1]."""
 
-    def __init__(self, G_ch: int = 64, dim_z: int = 128, bottom_width: int = 4,
+    def __init__(self, *, G_ch: int = 64, dim_z: int = 128, bottom_width: int = 4,
                  resolution: int = 128, G_attn: str = '64', n_classes: int = 1000,
                  num_G_SVs: int = 1, num_G_SV_itrs: int = 1, G_shared: bool = True,
                  shared_dim: int = 0, hier: bool = False, mybn: bool = False,
@@ -169,7 +169,7 @@ class Generator(nn.Module):
             input_size=self.ccbn_input_size if G_shared else n_classes)
 
         # Registration order (shared, linear, blocks, output_layer) is 2019's parameter order.
-        self.shared = nn.Embedding(n_classes, self.shared_dim) if G_shared else layers.identity()
+        self.shared = nn.Embedding(n_classes, self.shared_dim) if G_shared else nn.Identity()
         self.linear = self.which_linear(self.linear_input_size,
                                         self.arch['in_channels'][0] * bottom_width ** 2)
         self.blocks = nn.ModuleList(nn.ModuleList(b) for b in self.make_blocks())
@@ -197,7 +197,8 @@ class Generator(nn.Module):
         blocks = []
         for i, (cin, cout) in enumerate(zip(self.arch['in_channels'],
                                             self.arch['out_channels'])):
-            stage = [layers.GBlock(cin, cout, self.which_conv, self.which_bn, self.activation,
+            stage = [layers.GBlock(cin, cout, which_conv=self.which_conv,
+                                   which_bn=self.which_bn, activation=self.activation,
                                    upsample=self.arch['upsample'][i])]
             if self.arch['attention'][self.arch['resolution'][i]]:
                 stage.append(layers.Attention(cout, self.which_conv))
@@ -229,7 +230,7 @@ class Discriminator(nn.Module):
     With one class (unconditional) the projection term is left out.
     """
 
-    def __init__(self, D_ch: int = 64, D_wide: bool = True, resolution: int = 128,
+    def __init__(self, *, D_ch: int = 64, D_wide: bool = True, resolution: int = 128,
                  D_attn: str = '64', n_classes: int = 1000, num_D_SVs: int = 1,
                  num_D_SV_itrs: int = 1, D_nl: str = 'relu',
                  D_activation: Optional[nn.Module] = None, SN_eps: float = 1e-12,
@@ -268,7 +269,7 @@ class Discriminator(nn.Module):
         blocks = []
         for i, (cin, cout) in enumerate(zip(self.arch['in_channels'],
                                             self.arch['out_channels'])):
-            stage = [layers.DBlock(cin, cout, self.which_conv, wide=self.D_wide,
+            stage = [layers.DBlock(cin, cout, which_conv=self.which_conv, wide=self.D_wide,
                                    preactivation=i > 0, activation=self.activation,
                                    downsample=self.arch['downsample'][i])]
             if self.arch['attention'][self.arch['resolution'][i]]:
@@ -308,7 +309,7 @@ class G_D(nn.Module):
         self.G, self.D = G, D
 
     def forward(self, z: torch.Tensor, gy: torch.Tensor, x: Optional[torch.Tensor] = None,
-                dy: Optional[torch.Tensor] = None, train_G: bool = False,
+                dy: Optional[torch.Tensor] = None, *, train_G: bool = False,
                 return_G_z: bool = False, split_D: bool = False):
         """D(G(z, gy)) and, with reals x, D(x, dy): fakes and reals share one D pass.
 

@@ -41,7 +41,7 @@ def D_arch(ch: int = 64, attention: str = '64') -> dict[int, dict]:
 class GBlock(nn.Module):
     """Bottleneck G block: 1x1 down to in/4, two 3x3, 1x1 up; channels dropped on the skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, which_conv: Callable,
+    def __init__(self, in_channels: int, out_channels: int, *, which_conv: Callable,
                  which_bn: Callable, activation: nn.Module, upsample: bool = False,
                  channel_ratio: int = 4):
         super().__init__()
@@ -73,7 +73,7 @@ class GBlock(nn.Module):
 class DBlock(nn.Module):
     """Bottleneck D block: 1x1 to out/4, two 3x3, pool, 1x1; skip grows by concatenation."""
 
-    def __init__(self, in_channels: int, out_channels: int, which_conv: Callable,
+    def __init__(self, in_channels: int, out_channels: int, *, which_conv: Callable,
                  activation: nn.Module, downsample: bool = False, channel_ratio: int = 4):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -110,7 +110,7 @@ class DBlock(nn.Module):
 class Generator(BigGAN.Generator):
     """BigGAN-deep G: with `hier`, cat([shared(y), z]) feeds the first linear and every ccbn."""
 
-    def __init__(self, G_depth: int = 2, **config):
+    def __init__(self, *, G_depth: int = 2, **config):
         super().__init__(G_depth=G_depth, **config)
 
     def set_latent_layout(self) -> None:
@@ -129,8 +129,8 @@ class Generator(BigGAN.Generator):
                 # The first block keeps the stage's in_channels; later ones output cout.
                 block_in = cin if j <= 1 else cout
                 block_out = cin if j == 0 and self.G_depth > 1 else cout
-                blocks.append([GBlock(block_in, block_out, self.which_conv, self.which_bn,
-                                      self.activation,
+                blocks.append([GBlock(block_in, block_out, which_conv=self.which_conv,
+                                      which_bn=self.which_bn, activation=self.activation,
                                       upsample=self.arch['upsample'][i] and last)])
             if self.arch['attention'][self.arch['resolution'][i]]:
                 blocks[-1].append(layers.Attention(cout, self.which_conv))
@@ -153,7 +153,7 @@ class Discriminator(BigGAN.Discriminator):
     make_arch = staticmethod(D_arch)
     arch_table = D_CHANNELS
 
-    def __init__(self, D_depth: int = 2, **config):
+    def __init__(self, *, D_depth: int = 2, **config):
         super().__init__(D_depth=D_depth, **config)
 
     def make_stem(self) -> None:
@@ -170,7 +170,8 @@ class Discriminator(BigGAN.Discriminator):
         for i, (cin, cout) in enumerate(zip(self.arch['in_channels'],
                                             self.arch['out_channels'])):
             stage: list[nn.Module] = [
-                DBlock(cin if j == 0 else cout, cout, self.which_conv, self.activation,
+                DBlock(cin if j == 0 else cout, cout, which_conv=self.which_conv,
+                       activation=self.activation,
                        downsample=self.arch['downsample'][i] and j == 0)
                 for j in range(self.D_depth)]
             if self.arch['attention'][self.arch['resolution'][i]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Callable, Optional
 
 import torch
@@ -90,7 +91,7 @@ class SNConv2d(nn.Conv2d, SN):
     """Conv2d whose weight is spectrally normalised."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1,
-                 padding=0, dilation=1, groups=1, bias: bool = True,
+                 padding=0, dilation=1, groups=1, bias: bool = True, *,
                  num_svs: int = 1, num_itrs: int = 1, eps: float = 1e-12):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
                            dilation, groups, bias)
@@ -104,7 +105,7 @@ class SNConv2d(nn.Conv2d, SN):
 class SNLinear(nn.Linear, SN):
     """Linear layer whose weight is spectrally normalised."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  num_svs: int = 1, num_itrs: int = 1, eps: float = 1e-12):
         nn.Linear.__init__(self, in_features, out_features, bias)
         self._init_sn(num_svs, num_itrs, out_features, eps)
@@ -118,7 +119,7 @@ class SNEmbedding(nn.Embedding, SN):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None,
                  max_norm=None, norm_type=2, scale_grad_by_freq=False, sparse=False,
-                 _weight=None, num_svs: int = 1, num_itrs: int = 1, eps: float = 1e-12):
+                 _weight=None, *, num_svs: int = 1, num_itrs: int = 1, eps: float = 1e-12):
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, padding_idx, max_norm,
                               norm_type, scale_grad_by_freq, sparse, _weight)
         self._init_sn(num_svs, num_itrs, num_embeddings, eps)
@@ -172,11 +173,11 @@ class Attention(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# Batch norm
+# Batch norms: one class per normalisation; stored stats only where a style keeps them
 # ----------------------------------------------------------------------------------------
 
 
-def fused_bn(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, gain: torch.Tensor,
+def fused_bn(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, *, gain: torch.Tensor,
              bias: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise x with given statistics and apply gain and bias as one scale and shift."""
     scale = torch.rsqrt(var + eps) * gain
@@ -184,99 +185,11 @@ def fused_bn(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, gain: torch
     return x * scale.to(x.dtype) + shift.to(x.dtype)
 
 
-class StoredStatsNorm(nn.Module):
-    """Batch-norm statistics kept in `stored_mean`/`stored_var`, with standing-stats support.
-
-    Default path: `F.batch_norm` (cuDNN, unbiased running variance). With `mybn`: mean of
-    squares minus squared mean in fp32 (biased variance), as the 2019 `--mybn` did.
-    Standing stats: `start_standing_stats()` zeroes the stored stats, each training-mode
-    forward then adds its batch stats, and `finish_standing_stats()` divides by the count.
-    A subclass says which of this applies to it: `has_stored_stats` (False for gn/nonorm
-    ccbns, which standing stats skip) and `uses_batch_stats` (what --cross_replica syncs).
-    """
-
-    # Class defaults, so that a norm without stored stats answers them too.
-    accumulate_standing = False
-    sync_enabled = False
-    sync_bn: Optional[nn.SyncBatchNorm] = None  # set by use_sync_batchnorm
-
-    @property
-    def has_stored_stats(self) -> bool:
-        """Whether `stored_mean`/`stored_var` exist (eval mode normalises with them)."""
-        return True
-
-    @property
-    def uses_batch_stats(self) -> bool:
-        """Whether training normalises over the batch, so --cross_replica syncs it."""
-        return True
-
-    def _init_stats(self, num_channels: int, eps: float, momentum: float, mybn: bool) -> None:
-        self.eps, self.momentum, self.mybn = eps, momentum, mybn
-        self.register_buffer('stored_mean', torch.zeros(num_channels))
-        self.register_buffer('stored_var', torch.ones(num_channels))
-        self.register_buffer('standing_count', torch.zeros(()), persistent=False)
-        self.accumulate_standing = False
-        self._register_load_state_dict_pre_hook(_load_2019_bn_keys)
-
-    def start_standing_stats(self) -> None:
-        """Zero the stored stats and sum batch stats over the next training forwards.
-
-        A no-op for a norm without stored stats: there is nothing to accumulate.
-        """
-        if not self.has_stored_stats:
-            return
-        self.stored_mean.zero_()
-        self.stored_var.zero_()
-        self.standing_count.zero_()
-        self.accumulate_standing = True
-
-    def finish_standing_stats(self) -> None:
-        """Turn the accumulated sums into the average batch statistics."""
-        if self.accumulate_standing and self.standing_count > 0:
-            self.stored_mean.div_(self.standing_count)
-            self.stored_var.div_(self.standing_count)
-        self.accumulate_standing = False
-
-    def normalize(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
-                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable or None)."""
-        synced = self.training and self.sync_enabled
-        if synced and x.device.type == 'cuda':
-            out = _pytorch_sync_batch_norm(self, x)
-        elif not (self.training and (synced or self.mybn or self.accumulate_standing)):
-            # Statistics in fp32 even under autocast: F.batch_norm accumulates in fp32 and
-            # keeps the fp32 stored stats (mixed-type BN).
-            out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None,
-                               self.training, self.momentum, self.eps)
-        else:  # batch statistics computed here, in fp32: --mybn, standing stats, CPU sync
-            mean, var, bessel = _all_reduced_stats(self, x) if synced else _local_stats(x)
-            self._record_stats(mean, var, bessel)
-            return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1),
-                            1.0 if gain is None else gain, 0.0 if bias is None else bias,
-                            self.eps)
-        return out if gain is None else out * gain + bias
-
-    @torch.no_grad()
-    def _record_stats(self, mean: torch.Tensor, var: torch.Tensor, bessel) -> None:
-        """Fold batch stats into the stored ones: summed (standing) or by momentum.
-
-        `var` is the biased batch variance; `bessel` = n / (n - 1) makes it unbiased, as
-        F.batch_norm stores it (2019's --mybn stored the biased one).
-        """
-        stat_var = var if self.mybn else var * bessel
-        if self.accumulate_standing:
-            self.stored_mean.add_(mean)
-            self.stored_var.add_(stat_var)
-            self.standing_count.add_(1)
-        else:
-            self.stored_mean.lerp_(mean, self.momentum)
-            self.stored_var.lerp_(stat_var, self.momentum)
-
-
-def _local_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """fp32 per-channel mean, biased variance and Bessel factor of x [B, C, H, W]."""
-    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-    n = x.numel() // x.size(1)
+def _local_stats(x: torch.Tensor, dims: tuple[int, ...] = (0, 2, 3)
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """fp32 mean and biased variance of x [B, C, H, W] over `dims`, and the Bessel factor."""
+    var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+    n = math.prod(x.size(d) for d in dims)
     return mean, var, n / max(n - 1, 1)
 
 
@@ -291,95 +204,226 @@ def _load_2019_bn_keys(state_dict, prefix, *args) -> None:
         state_dict.pop(prefix + stale, None)
 
 
-class ccbn(StoredStatsNorm):
-    """Class-conditional BN: normalise, then `out * (1 + gain(y)) + bias(y)`."""
+class StoredStatsNorm(nn.Module):
+    """A norm with running statistics in `stored_mean`/`stored_var`, used in eval mode.
 
-    def __init__(self, output_size: int, input_size: int, which_linear: Callable,
-                 eps: float = 1e-5, momentum: float = 0.1, mybn: bool = False,
-                 norm_style: str = 'bn', cross_replica: bool = False):
-        # cross_replica: accepted as 2019 callers pass it; syncing is `use_sync_batchnorm`'s.
+    Standing stats: `start_standing_stats()` zeroes them, each training-mode forward then adds
+    its batch statistics, and `finish_standing_stats()` divides by the count.
+    """
+
+    def __init__(self, num_channels: int, eps: float, momentum: float, mybn: bool):
         super().__init__()
-        self.output_size, self.input_size = output_size, input_size
-        self.gain = which_linear(input_size, output_size)
-        self.bias = which_linear(input_size, output_size)
-        self.norm_style = norm_style
-        if self.has_stored_stats:
-            self._init_stats(output_size, eps, momentum, mybn)
-        elif not (norm_style == 'nonorm' or norm_style.startswith('gn')):
-            raise ValueError(f"norm_style must be bn, in, gn[_ch_N|_grp_N] or nonorm, "
-                             f"got {norm_style!r}")
-        elif norm_style.startswith('gn') and output_size % _num_groups(norm_style, output_size):
-            raise ValueError(f'--norm_style {norm_style}: {_num_groups(norm_style, output_size)} '
-                             f'groups do not divide a G layer of {output_size} channels; pick '
-                             f"gn_grp_N with N dividing every layer's channels, or gn_ch_N")
-        self.eps = eps
+        self.eps, self.momentum, self.mybn = eps, momentum, mybn
+        self.register_buffer('stored_mean', torch.zeros(num_channels))
+        self.register_buffer('stored_var', torch.ones(num_channels))
+        self.register_buffer('standing_count', torch.zeros(()), persistent=False)
+        self.accumulate_standing = False
+        self._register_load_state_dict_pre_hook(_load_2019_bn_keys)
 
-    @property
-    def has_stored_stats(self) -> bool:
-        """bn and in keep running stats (2019's buffers); gn and nonorm keep none."""
-        return self.norm_style in ('bn', 'in')
+    def start_standing_stats(self) -> None:
+        """Zero the stored stats and sum batch stats over the next training forwards."""
+        for stat in (self.stored_mean, self.stored_var, self.standing_count):
+            stat.zero_()
+        self.accumulate_standing = True
 
-    @property
-    def uses_batch_stats(self) -> bool:
-        """Only bn: in normalises each sample by its own stats, gn and nonorm keep none."""
-        return self.norm_style == 'bn'
+    def finish_standing_stats(self) -> None:
+        """Turn the accumulated sums into the average batch statistics."""
+        if self.accumulate_standing and self.standing_count > 0:
+            self.stored_mean.div_(self.standing_count)
+            self.stored_var.div_(self.standing_count)
+        self.accumulate_standing = False
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)
-        bias = self.bias(y).view(y.size(0), -1, 1, 1)
-        if self.norm_style == 'bn':
-            return self.normalize(x, gain, bias)
-        if self.norm_style == 'in':
-            out = self._instance_norm(x)
-        elif self.norm_style.startswith('gn'):
-            out = F.group_norm(x, _num_groups(self.norm_style, x.size(1)), eps=self.eps)
+    @torch.no_grad()
+    def _record_stats(self, mean: torch.Tensor, var: torch.Tensor, bessel) -> None:
+        """Fold batch stats into the stored ones: summed (standing) or by momentum.
+
+        `var` is biased; `bessel` = n / (n - 1) unbiases it as F.batch_norm does (not --mybn).
+        """
+        stat_var = var if self.mybn else var * bessel
+        if self.accumulate_standing:
+            self.stored_mean.add_(mean)
+            self.stored_var.add_(stat_var)
+            self.standing_count.add_(1)
         else:
-            out = x
+            self.stored_mean.lerp_(mean, self.momentum)
+            self.stored_var.lerp_(stat_var, self.momentum)
+
+
+class BatchStatsNorm(StoredStatsNorm):
+    """Batch norm: normalises over the batch in training, the norm --cross_replica syncs.
+
+    Default path: `F.batch_norm` (cuDNN, unbiased running variance). With `mybn`: mean of
+    squares minus squared mean in fp32, as the 2019 `--mybn` did. Cross-replica state:
+    `sync_bn` (set by `use_sync_batchnorm`), used while `sync_enabled` (see `local_batchnorm`).
+    """
+
+    def __init__(self, num_channels: int, eps: float, momentum: float, mybn: bool):
+        super().__init__(num_channels, eps, momentum, mybn)
+        self.sync_bn: Optional[nn.SyncBatchNorm] = None  # never a submodule: no state keys
+        self.sync_enabled = False
+
+    def normalize(self, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """BN of x [B, C, H, W] followed by `x * gain + bias` (each broadcastable to x)."""
+        synced = self.training and self.sync_enabled
+        if synced and x.device.type == 'cuda':
+            self.sync_bn.running_mean = self.stored_mean  # updated in place: our stats stay
+            self.sync_bn.running_var = self.stored_var    # the checkpoint's
+            out = self.sync_bn(x)
+        elif not (self.training and (synced or self.mybn or self.accumulate_standing)):
+            # Statistics in fp32 even under autocast: F.batch_norm accumulates in fp32 and
+            # keeps the fp32 stored stats (mixed-type BN).
+            out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None,
+                               self.training, self.momentum, self.eps)
+        else:  # batch statistics computed here, in fp32: --mybn, standing stats, CPU sync
+            mean, var, bessel = self._all_reduced_stats(x) if synced else _local_stats(x)
+            self._record_stats(mean, var, bessel)
+            return fused_bn(x, mean.view(1, -1, 1, 1), var.view(1, -1, 1, 1), gain=gain,
+                            bias=bias, eps=self.eps)
         return out * gain + bias
 
-    def _instance_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """Instance norm with running stats; summed into standing stats while accumulating."""
-        if not (self.training and self.accumulate_standing):
-            return F.instance_norm(x, self.stored_mean, self.stored_var, None, None,
-                                   self.training, self.momentum, self.eps)
-        # What F.instance_norm folds into its running stats: the batch mean of the
-        # per-instance means and variances (Bessel-corrected over H*W unless --mybn).
-        var, mean = torch.var_mean(x.detach().float(), dim=(2, 3), correction=0)  # (B, C)
-        n = x[0, 0].numel()
-        self._record_stats(mean.mean(0), var.mean(0), n / max(n - 1, 1))
-        return F.instance_norm(x, eps=self.eps)
+    def _all_reduced_stats(self, x: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, biased variance and Bessel factor over every rank's batch (with autograd).
+
+        PyTorch's SyncBatchNorm is GPU-only: on CPU (gloo) all-reduce the sums ourselves.
+        """
+        import torch.distributed.nn.functional as dist_fn
+        group = self.sync_bn.process_group or torch.distributed.group.WORLD
+        xf = x.float()
+        n = torch.full((1,), xf.numel() // xf.size(1), dtype=torch.float32, device=x.device)
+        stats = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), n])
+        stats = dist_fn.all_reduce(stats, group=group)
+        C, count = x.size(1), stats[-1]
+        mean = stats[:C] / count
+        return mean, stats[C:2 * C] / count - mean.square(), count / (count - 1).clamp(min=1)
 
 
-def _num_groups(norm_style: str, channels: int) -> int:
-    """Groups for `gn` (16), `gn_ch_N` (N channels per group) or `gn_grp_N` (N groups)."""
-    if '_ch_' in norm_style:
-        return max(channels // int(norm_style.split('_')[-1]), 1)
-    if '_grp_' in norm_style:
-        return int(norm_style.split('_')[-1])
-    return 16
+def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
+    """Make every batch norm of `net` use statistics over all DDP ranks (--cross_replica).
+
+    Only BatchStatsNorms normalise over the batch: in, gn and nonorm ccbns need no sync. On
+    GPUs this is PyTorch's own SyncBatchNorm; the stored stats stay in our buffers.
+    """
+    for m in net.modules():
+        if isinstance(m, BatchStatsNorm):
+            sync = nn.SyncBatchNorm(m.stored_mean.numel(), eps=m.eps, momentum=m.momentum,
+                                    affine=False, process_group=process_group)
+            object.__setattr__(m, 'sync_bn', sync)  # not a submodule: no extra state keys
+            m.sync_enabled = True
 
 
-class bn(StoredStatsNorm):
+@contextlib.contextmanager
+def local_batchnorm(net: nn.Module):
+    """Within the block, BN of a --cross_replica net uses this process's batch only."""
+    synced = [m for m in net.modules() if isinstance(m, BatchStatsNorm) and m.sync_bn is not None]
+    for m in synced:
+        m.sync_enabled = False
+    try:
+        yield net
+    finally:
+        for m in synced:
+            m.sync_enabled = True
+
+
+class bn(BatchStatsNorm):
     """Unconditional BN with its own `gain` (ones) and `bias` (zeros) parameters."""
 
-    def __init__(self, output_size: int, eps: float = 1e-5, momentum: float = 0.1,
-                 mybn: bool = False, cross_replica: bool = False):
-        # cross_replica: accepted as 2019 callers pass it; syncing is `use_sync_batchnorm`'s.
-        super().__init__()
+    def __init__(self, output_size: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 mybn: bool = False):
+        super().__init__(output_size, eps, momentum, mybn)
         self.output_size = output_size
         self.gain = nn.Parameter(torch.ones(output_size))
         self.bias = nn.Parameter(torch.zeros(output_size))
-        self._init_stats(output_size, eps, momentum, mybn)
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.normalize(x, self.gain.view(1, -1, 1, 1), self.bias.view(1, -1, 1, 1))
 
 
-class identity(nn.Module):
-    """Pass-through, standing in for G's shared embedding when `G_shared` is off."""
+class ccbn(nn.Module):
+    """Class-conditional norm: normalise x, then `out * (1 + gain(y)) + bias(y)`.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    `gain` and `bias` map the conditioning vector y with `which_linear`. `ccbn(...)` builds the
+    subclass for `norm_style`, which supplies `normalize(x, gain, bias)`: BatchNormCCBN (bn) and
+    InstanceNormCCBN (in), StoredStatsNorms too; GroupNormCCBN (gn, gn_ch_N, gn_grp_N) and
+    NoNormCCBN (nonorm), which keep no statistics.
+    """
+
+    def __new__(cls, *args, norm_style: str = 'bn', **kwargs):
+        if cls is ccbn:  # build the subclass that normalises as norm_style says
+            styles = {'bn': BatchNormCCBN, 'in': InstanceNormCCBN, 'nonorm': NoNormCCBN}
+            cls = GroupNormCCBN if norm_style.startswith('gn') else styles.get(norm_style)
+            if cls is None:
+                raise ValueError(f'norm_style must be bn, in, gn[_ch_N|_grp_N] or nonorm, '
+                                 f'got {norm_style!r}')
+        return super().__new__(cls)
+
+    def __init__(self, output_size: int, input_size: int, which_linear: Callable,
+                 eps: float = 1e-5, momentum: float = 0.1, *, mybn: bool = False,
+                 norm_style: str = 'bn'):
+        self._init_norm(output_size, eps, momentum, mybn)
+        self.output_size, self.input_size, self.norm_style = output_size, input_size, norm_style
+        self.gain = which_linear(input_size, output_size)
+        self.bias = which_linear(input_size, output_size)
+
+    def _init_norm(self, num_channels: int, eps: float, momentum: float, mybn: bool) -> None:
+        """Initialise the module and its normalisation's state (a stats norm's __init__)."""
+        nn.Module.__init__(self)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)
+        bias = self.bias(y).view(y.size(0), -1, 1, 1)
+        return self.normalize(x, gain, bias)
+
+
+class BatchNormCCBN(ccbn, BatchStatsNorm):
+    """ccbn normalising over the batch (norm_style bn, 2019's and the default)."""
+
+    _init_norm = BatchStatsNorm.__init__
+
+
+class InstanceNormCCBN(ccbn, StoredStatsNorm):
+    """ccbn normalising each sample over H and W (norm_style in), with running stats."""
+
+    _init_norm = StoredStatsNorm.__init__
+
+    def normalize(self, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Instance norm; standing stats sum what F.instance_norm folds into its running stats."""
+        if not (self.training and self.accumulate_standing):
+            out = F.instance_norm(x, self.stored_mean, self.stored_var, None, None,
+                                  self.training, self.momentum, self.eps)
+        else:  # the batch mean of the per-instance means and variances, as it records them
+            mean, var, bessel = _local_stats(x.detach(), dims=(2, 3))  # (B, C) each
+            self._record_stats(mean.mean(0), var.mean(0), bessel)
+            out = F.instance_norm(x, eps=self.eps)
+        return out * gain + bias
+
+
+class GroupNormCCBN(ccbn):
+    """ccbn with group norm: `gn` (16 groups), `gn_ch_N` (N channels a group), `gn_grp_N`."""
+
+    def __init__(self, output_size: int, *args, norm_style: str = 'gn', **kwargs):
+        super().__init__(output_size, *args, norm_style=norm_style, **kwargs)
+        if '_ch_' in norm_style:
+            self.num_groups = max(output_size // int(norm_style.split('_')[-1]), 1)
+        else:
+            self.num_groups = int(norm_style.split('_')[-1]) if '_grp_' in norm_style else 16
+        if output_size % self.num_groups:  # said at construction, not mid-forward
+            raise ValueError(f'--norm_style {norm_style}: {self.num_groups} groups do not '
+                             f'divide a G layer of {output_size} channels; pick gn_grp_N with '
+                             f"N dividing every layer's channels, or gn_ch_N")
+
+    def normalize(self, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Group norm, then the class-conditional affine."""
+        return F.group_norm(x, self.num_groups, eps=self.eps) * gain + bias
+
+
+class NoNormCCBN(ccbn):
+    """ccbn without normalisation (norm_style nonorm): the class-conditional affine only."""
+
+    def normalize(self, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x itself, then the class-conditional affine."""
+        return x * gain + bias
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,7 +439,7 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 class GBlock(nn.Module):
     """BigGAN G residual block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus (up-conv1x1) skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, which_conv: Callable,
+    def __init__(self, in_channels: int, out_channels: int, *, which_conv: Callable,
                  which_bn: Callable, activation: nn.Module, upsample: bool = True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -422,7 +466,7 @@ class GBlock(nn.Module):
 class DBlock(nn.Module):
     """BigGAN D residual block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool), plus 1x1 skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, which_conv: Callable,
+    def __init__(self, in_channels: int, out_channels: int, *, which_conv: Callable,
                  wide: bool = True, preactivation: bool = False,
                  activation: Optional[nn.Module] = None, downsample: bool = False):
         super().__init__()
@@ -453,62 +497,3 @@ class DBlock(nn.Module):
         if self.downsample is not None:
             h = self.downsample(h)
         return h + self.shortcut(x)
-
-
-# ----------------------------------------------------------------------------------------
-# Cross-replica (synchronised) batch norm
-# ----------------------------------------------------------------------------------------
-
-
-def use_sync_batchnorm(net: nn.Module, process_group=None) -> None:
-    """Make every BN of `net` normalise with statistics over all DDP ranks (--cross_replica).
-
-    Only norms that normalise over the batch are synced (`uses_batch_stats`): in, gn and
-    nonorm ccbns are left alone. On GPUs this is PyTorch's own SyncBatchNorm; the stored
-    stats stay in our buffers (and checkpoint keys), which it updates in place.
-    """
-    for m in net.modules():
-        if isinstance(m, StoredStatsNorm) and m.uses_batch_stats:
-            sync = nn.SyncBatchNorm(m.stored_mean.numel(), eps=m.eps, momentum=m.momentum,
-                                    affine=False, process_group=process_group)
-            object.__setattr__(m, 'sync_bn', sync)  # not a submodule: no extra state keys
-            m.sync_enabled = True
-
-
-@contextlib.contextmanager
-def local_batchnorm(net: nn.Module):
-    """Within the block, BN of a --cross_replica net uses this process's batch only."""
-    synced = [m for m in net.modules()
-              if isinstance(m, StoredStatsNorm) and m.sync_bn is not None]
-    for m in synced:
-        m.sync_enabled = False
-    try:
-        yield net
-    finally:
-        for m in synced:
-            m.sync_enabled = True
-
-
-def _pytorch_sync_batch_norm(norm: StoredStatsNorm, x: torch.Tensor) -> torch.Tensor:
-    """PyTorch's SyncBatchNorm over all ranks, updating norm's stored stats in place."""
-    sync = norm.sync_bn
-    sync.running_mean, sync.running_var = norm.stored_mean, norm.stored_var
-    return sync(x)
-
-
-def _all_reduced_stats(norm: StoredStatsNorm, x: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, biased variance and Bessel factor over every rank's batch (with autograd).
-
-    PyTorch's SyncBatchNorm is GPU-only: on CPU (gloo) all-reduce the sums ourselves.
-    """
-    import torch.distributed.nn.functional as dist_fn
-    group = norm.sync_bn.process_group or torch.distributed.group.WORLD
-    xf = x.float()
-    n = torch.full((1,), xf.numel() // xf.size(1), dtype=torch.float32, device=x.device)
-    stats = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), n])
-    stats = dist_fn.all_reduce(stats, group=group)
-    C = x.size(1)
-    count = stats[2 * C]
-    mean = stats[:C] / count
-    return mean, stats[C:2 * C] / count - mean.square(), count / (count - 1).clamp(min=1)

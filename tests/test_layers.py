@@ -169,7 +169,7 @@ def _tiny_G(norm_style, seed=0):
 def _stats_norms(G):
     """G's norms that keep stored stats, by module name."""
     return {name: m for name, m in G.named_modules()
-            if isinstance(m, layers.StoredStatsNorm) and m.has_stored_stats}
+            if isinstance(m, layers.StoredStatsNorm)}
 
 
 def _batch_stats(norm, x):
@@ -207,7 +207,7 @@ def test_use_sync_batchnorm_marks_only_the_bn_style_norms(norm_style):
     G = _tiny_G(norm_style)
     keys = set(G.state_dict())
     layers.use_sync_batchnorm(G)
-    synced = {m for m in G.modules() if isinstance(m, layers.StoredStatsNorm) and m.sync_enabled}
+    synced = {m for m in G.modules() if isinstance(m, layers.BatchStatsNorm) and m.sync_enabled}
     bn_style = {m for m in G.modules() if isinstance(m, layers.bn)
                 or isinstance(m, layers.ccbn) and m.norm_style == 'bn'}
     assert synced == bn_style and G.output_layer[0] in synced
