@@ -53,18 +53,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = prepare_parser().parse_args(argv)
 
     # Data: every image once, in a fixed order unless --shuffle.
-    spec = datasets.resolve_dataset(args.dataset, args.data_root, args.resolution)
+    spec = datasets.resolve_dataset(args.dataset, args.data_root, resolution=args.resolution)
     out_path = inception_utils.moments_file(spec.moments_path, args.inception)
     loader = datasets.get_data_loaders(
-        args.dataset, args.data_root, args.resolution, augment=args.augment,
+        args.dataset, args.data_root, resolution=args.resolution, augment=args.augment,
         batch_size=args.batch_size, num_workers=args.num_workers, shuffle=args.shuffle,
         load_in_mem=False, drop_last=False, use_multiepoch_sampler=False, seed=args.seed)[0]
     num_images = len(loader.sampler)
 
     # Network: weights are checked before the long pass over the data.
-    net = inception_utils.load_inception_net(args.parallel, inception=args.inception,
+    net = inception_utils.load_inception_net(inception=args.inception,
                                              inception_weights=args.inception_weights or None)
     device = next(net.parameters()).device
+    if args.parallel and torch.cuda.device_count() > 1:
+        net = torch.nn.DataParallel(net)  # the 2019 flag: split each batch over the GPUs
     print(f'{spec.name}: {num_images} images at {spec.resolution}x{spec.resolution}; '
           f'{args.inception} Inception on {device}')
 

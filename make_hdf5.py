@@ -9,16 +9,17 @@ Examples:
     # then packs it like any folder into data/demo_32.hdf5
     python make_hdf5.py --make_demo data/demo --resolution 32
 
-Images go through `datasets.load_image` (the same preprocessing the folder dataset uses),
+Images go through `image_files.load_image` (the same preprocessing the folder dataset uses),
 decoded in --num_workers processes and streamed to disk batch by batch, so memory does not
 grow with the dataset. The file is written as `<output>.partial` and renamed when complete:
 an interrupted run never leaves a half-written file under the final name. Every file under
 the folder is either packed or skipped: the images are the files directly inside a class
-folder with an extension PIL opens (`datasets.find_images`, as training from the folder
+folder with an extension PIL opens (`image_files.find_images`, as training from the folder
 reads it); the others (non-image, hidden or nested files) and the images PIL fails to decode
 are counted in the summary, and listed with their reasons in `<output stem>_skipped.txt`
 beside the output. The file's attrs hold n_classes, resolution, classes (folder names),
-source and n_skipped.
+source and n_skipped. `make_demo_folder` draws the built-in demo dataset (coloured shapes on
+gradient backgrounds, one class per shape and colour) from a seed.
 """
 import argparse
 import os
@@ -30,20 +31,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from BigGAN import G_CHANNELS
-from datasets import (
-    DATASETS,
-    SkippedFile,
-    count_kinds,
-    find_images,
-    load_image,
-    make_demo_folder,
-    resolve_dataset,
-    unreadable,
-)
+from datasets import DATASETS, resolve_dataset
+from image_files import SkippedFile, count_kinds, find_images, load_image, unreadable
 
 
 class _Decoder(Dataset):
@@ -76,7 +70,7 @@ class PackResult:
     """What pack_folder wrote: the file, how many images, and each file it skipped and why.
 
     `skipped_files` holds the folder's files that are not images of a class (kinds
-    'non-image', 'hidden', 'nested': see datasets.find_images), then the 'unreadable' images.
+    'non-image', 'hidden', 'nested': see image_files.find_images), then the 'unreadable' images.
     """
     path: Path
     n_images: int
@@ -89,7 +83,7 @@ class PackResult:
         return [f'{s.path}: {s.reason}' for s in self.skipped_files]
 
 
-def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int,
+def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int, *,
                 batch_size: int = 256, num_workers: int = 16, chunk_size: int = 500,
                 compression: bool = False, progress: bool = True,
                 single_class_ok: bool = False) -> PackResult:
@@ -138,6 +132,80 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
         partial.unlink(missing_ok=True)
     return result
 
+
+# ----------------------------------------------------------------------------- demo data
+
+DEMO_SHAPES = ('circle', 'square', 'triangle', 'cross', 'ring')
+DEMO_COLOURS = {'red': (220, 40, 40), 'green': (40, 190, 60), 'blue': (50, 80, 230),
+                'yellow': (240, 210, 30)}
+
+
+def demo_classes() -> list[tuple[str, str]]:
+    """The demo's (shape, colour) classes, ordered so any prefix mixes shapes and colours."""
+    colours = list(DEMO_COLOURS)
+    return [(shape, colours[(s + d) % len(colours)])
+            for d in range(len(colours)) for s, shape in enumerate(DEMO_SHAPES)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], r: float, *,
+                angle: float, fill: tuple[int, int, int]) -> None:
+    """Draw one shape of radius r centred at `centre`, rotated by angle (radians)."""
+    cx, cy = centre
+
+    def polygon(points: list[tuple[float, float]]) -> None:
+        """Fill `points` (offsets from the centre) rotated by angle."""
+        c, s = np.cos(angle), np.sin(angle)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in points], fill=fill)
+
+    if shape == 'circle':
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == 'ring':
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(1, int(r * 0.4)))
+    elif shape == 'square':
+        polygon([(-r, -r), (r, -r), (r, r), (-r, r)])
+    elif shape == 'triangle':
+        polygon([(r * np.cos(a), r * np.sin(a)) for a in np.pi * (np.array([-0.5, 1 / 6, 5 / 6]))])
+    else:  # cross: two bars
+        w = r * 0.35
+        polygon([(-r, -w), (r, -w), (r, w), (-r, w)])
+        polygon([(-w, -r), (w, -r), (w, r), (-w, r)])
+
+
+def demo_image(shape: str, colour: str, resolution: int, rng: np.random.Generator) -> Image.Image:
+    """One demo image: a jittered shape on a two-tone gradient background (4x supersampled)."""
+    size = resolution * 4
+    top, bottom = rng.integers(0, 256, 3) // 3 + 40, rng.integers(0, 256, 3) // 3 + 40
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    bg = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
+    img = Image.fromarray(bg, 'RGB')
+    r = size * rng.uniform(0.18, 0.32)
+    cx, cy = rng.uniform(r, size - r, 2)
+    fill = tuple(int(v) for v in np.clip(np.array(DEMO_COLOURS[colour]) + rng.integers(-25, 26, 3),
+                                         0, 255))
+    _draw_shape(ImageDraw.Draw(img), shape, (cx, cy), r, angle=rng.uniform(0, 2 * np.pi),
+                fill=fill)
+    return img.resize((resolution, resolution), Image.LANCZOS)
+
+
+def make_demo_folder(root: str | os.PathLike, *, resolution: int = 32,
+                     images_per_class: int = 500, n_classes: int = 10, seed: int = 0) -> Path:
+    """Write the demo dataset, root/<NN_colour_shape>/<i>.png, from a seed; returns root."""
+    classes = demo_classes()
+    if not 2 <= n_classes <= len(classes):
+        raise ValueError(f'the demo has 2 to {len(classes)} classes; got n_classes={n_classes}')
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f'{root} exists and is not empty; remove it or pick another path')
+    rng = np.random.default_rng(seed)
+    for label, (shape, colour) in enumerate(classes[:n_classes]):
+        folder = root / f'{label:02d}_{colour}_{shape}'
+        folder.mkdir(parents=True)
+        for i in range(images_per_class):
+            demo_image(shape, colour, resolution, rng).save(folder / f'{i:05d}.png')
+    return root
+
+
+# ----------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The 2019 make_hdf5.py flags (same names and defaults) plus resolution/output/demo."""
@@ -189,8 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         if demo.exists() and any(demo.iterdir()):
             print(f'Using the existing demo folder {demo}')
         else:
-            make_demo_folder(demo, args.resolution, args.demo_images_per_class,
-                             args.demo_classes, args.seed)
+            make_demo_folder(demo, resolution=args.resolution,
+                             images_per_class=args.demo_images_per_class,
+                             n_classes=args.demo_classes, seed=args.seed)
             print(f'Wrote the demo image folder {demo}')
         args.dataset = str(demo)
 
@@ -199,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     if named is not None and named.kind != 'folder':
         raise SystemExit(f'{args.dataset} is not an image folder dataset: make_hdf5.py packs '
                          f'I32/I64/I128/I256 or a folder path')
-    spec = resolve_dataset(args.dataset, args.data_root, args.resolution, args.unconditional)
+    spec = resolve_dataset(args.dataset, args.data_root, resolution=args.resolution,
+                           single_class_ok=args.unconditional)
     if spec.kind != 'folder':
         raise SystemExit(f'{spec.path} is already an HDF5 file')
     if named is not None:
@@ -210,9 +280,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # Pack.
     print(f'Packing {spec.path} at {spec.resolution}x{spec.resolution} into {output}')
-    result = pack_folder(spec.path, output, spec.resolution, args.batch_size, args.num_workers,
-                         args.chunk_size, args.compression,
-                         single_class_ok=args.unconditional)
+    result = pack_folder(spec.path, output, spec.resolution, batch_size=args.batch_size,
+                         num_workers=args.num_workers, chunk_size=args.chunk_size,
+                         compression=args.compression, single_class_ok=args.unconditional)
     for line in result.skipped[:10]:
         print(f'  skipped {line}')
     if len(result.skipped) > 10:

@@ -144,7 +144,7 @@ def test_missing_moments_error_suggests_a_command_that_writes_them(tmp_path, wei
     else:
         write_hdf5(data / 'ILSVRC32.hdf5')
         dataset, expected = 'I32_hdf5', ['I32_hdf5', '--data_root', str(data)]
-    spec = datasets.resolve_dataset(dataset, str(data), resolution)
+    spec = datasets.resolve_dataset(dataset, str(data), resolution=resolution)
     argv = suggested_command(spec, inception, weights[inception], resolution=resolution)
     assert argv[argv.index('--dataset') + 1:][:len(expected)] == expected
     missing = iu.moments_file(spec.moments_path, inception)

@@ -1,4 +1,6 @@
-"""Tests of make_hdf5.py: pixel-exact round trip, labels, skipped files, interruption, CLI."""
+"""Tests of make_hdf5.py: pixel-exact round trip, labels, skipped files, interruption, CLI,
+the demo dataset."""
+import hashlib
 import signal
 import subprocess
 import sys
@@ -10,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_datasets import MESSY_IMAGES, MESSY_SKIPPED, messy_folder, relative, write_folder
+from test_image_files import MESSY_IMAGES, MESSY_SKIPPED, messy_folder, relative, write_folder
 
 import make_hdf5
-from datasets import HDF5Dataset, ImageFolderDataset, load_image, resolve_dataset
+from datasets import HDF5Dataset, ImageFolderDataset, resolve_dataset
+from image_files import find_classes, load_image
+from make_hdf5 import make_demo_folder
 
 
 def by_hand(path: Path, r: int) -> torch.Tensor:
@@ -210,3 +214,27 @@ def test_one_class_folder_packs_only_when_unconditional(tmp_path):
                          progress=False, single_class_ok=True)
     with h5py.File(result.path) as f:
         assert f.attrs['n_classes'] == 1 and list(f['labels'][:]) == [0, 0, 0]
+
+
+def test_demo_is_deterministic_with_ten_distinct_classes(tmp_path):
+    def digest(root: Path) -> str:
+        files = sorted(root.rglob('*.png'))
+        return hashlib.sha256(b''.join(f.read_bytes() for f in files)).hexdigest()
+
+    a = make_demo_folder(tmp_path / 'a', resolution=32, images_per_class=8, seed=0)
+    b = make_demo_folder(tmp_path / 'b', resolution=32, images_per_class=8, seed=0)
+    c = make_demo_folder(tmp_path / 'c', resolution=32, images_per_class=8, seed=1)
+    assert digest(a) == digest(b) != digest(c)
+    classes = find_classes(a)
+    assert len(classes) == 10 and len({name.split('_', 1)[1] for name in classes}) == 10
+    # Classes differ in what a GAN must learn: the mean object colour and the mean shape.
+    data = ImageFolderDataset(a, 32)
+    means = torch.stack([torch.stack([data[i][0] for i in np.flatnonzero(data.labels == k)])
+                         .mean(0) for k in range(10)])
+    distances = torch.cdist(means.flatten(1), means.flatten(1))
+    assert distances[~torch.eye(10, dtype=bool)].min() > 1.0
+    big = make_demo_folder(tmp_path / 'big', resolution=64, images_per_class=1, n_classes=12)
+    assert len(list(big.iterdir())) == 12
+    assert Image.open(next(big.rglob('*.png'))).size == (64, 64)
+    with pytest.raises(FileExistsError):
+        make_demo_folder(a)
