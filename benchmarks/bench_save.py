@@ -40,11 +40,12 @@ def build(args: argparse.Namespace):
 def save(G, D, G_ema, optims, root: str) -> None:
     """One save with its rotating copy, through whichever save_weights this revision has."""
     state = {'itr': 1000, 'epoch': 0, 'save_num': 0, 'config': {}}
+    parts = dict(G_ema=G_ema, G_optim=optims[0], D_optim=optims[1])
     if 'also_as' in inspect.signature(utils.save_weights).parameters:
-        utils.save_weights(G, D, state, root, 'run', None, G_ema, *optims, also_as=('copy0',))
+        utils.save_weights(G, D, state, root, 'run', also_as=('copy0',), **parts)
     else:
         for suffix in (None, 'copy0'):
-            utils.save_weights(G, D, state, root, 'run', suffix, G_ema, *optims)
+            utils.save_weights(G, D, state, root, 'run', name_suffix=suffix, **parts)
 
 
 def main() -> None:

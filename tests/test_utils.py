@@ -1,5 +1,5 @@
-"""Tests of utils.py: flags, run names, and checkpoint sets that survive kills, NaNs and
-full disks."""
+"""Tests of utils.py and of what it re-exports from flags.py and checkpoints.py: flags, run
+names, latents, and checkpoint sets that survive kills, NaNs and full disks."""
 import errno
 import json
 import os
@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+from scipy import stats
 
+import checkpoints
 import utils
 
 
@@ -22,7 +24,7 @@ def tiny_nets():
 
 
 def save(root, G, D, optim, itr, **kwargs):
-    return utils.save_weights(G, D, {'itr': itr, 'config': {}}, str(root), 'run', None,
+    return utils.save_weights(G, D, {'itr': itr, 'config': {}}, str(root), 'run',
                               G_optim=optim, **kwargs)
 
 
@@ -63,6 +65,44 @@ def test_run_names_hold_no_path_separators():
     assert utils.name_from_config(config).startswith('BigGAN_folder_seed0_')
     config['dataset'] = 'I128_hdf5'
     assert utils.name_from_config(config).startswith('BigGAN_I128_hdf5_seed0_')
+
+
+def test_flags_kept_for_2019_scripts_parse_and_say_they_do_nothing():
+    config = vars(utils.prepare_parser().parse_args(['--pbar', 'tqdm', '--config_from_name']))
+    assert config['pbar'] == 'tqdm' and config['config_from_name'] is True
+    helps = {a.dest: a.help for a in utils.prepare_parser()._actions}
+    assert all(helps[k].startswith('does nothing here') for k in ('pbar', 'config_from_name'))
+
+
+def test_sheets_and_checkpoint_calls_take_their_options_by_keyword():
+    with pytest.raises(TypeError):
+        utils.save_weights(nn.Linear(1, 1), nn.Linear(1, 1), {}, 'w', 'run', 'best0')
+    with pytest.raises(TypeError):
+        utils.sample_sheet(nn.Linear(1, 1), 10, 10, 1, 'samples', 'run', 0)
+
+
+# ----------------------------------------------------------------------------------------
+# Latents
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('t', [0.5, 2.0])
+def test_truncated_normal_is_the_normal_cut_at_t(t):
+    gen = torch.Generator().manual_seed(0)
+    z = utils.truncated_normal((100, 200), t, generator=gen)
+    assert z.shape == (100, 200) and z.dtype == torch.float32 and z.abs().max() <= t
+    assert stats.kstest(z.flatten().numpy(), stats.truncnorm(-t, t).cdf).statistic < 0.015
+    torch.testing.assert_close(
+        utils.truncated_normal((100, 200), t, generator=torch.Generator().manual_seed(0)), z)
+
+
+def test_interp_goes_linearly_from_x0_to_x1():
+    x0, x1 = torch.randn(3, 1, 5, dtype=torch.float64), torch.randn(3, 1, 5, dtype=torch.float64)
+    out = utils.interp(x0, x1, num_midpoints=3)
+    assert out.shape == (3, 5, 5) and out.dtype == torch.float64
+    torch.testing.assert_close(out[:, 0], x0[:, 0])
+    torch.testing.assert_close(out[:, -1], x1[:, 0])
+    torch.testing.assert_close(out[:, 2], (x0[:, 0] + x1[:, 0]) / 2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,7 +211,7 @@ def test_torch_disk_full_errors_are_said_in_words(tmp_path, monkeypatch):
     def enforce_fail(obj, f, *args, **kwargs):
         raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 64')
     monkeypatch.setattr(torch, 'save', enforce_fail)
-    monkeypatch.setattr(utils.shutil, 'disk_usage', lambda path: SimpleNamespace(free=1024))
+    monkeypatch.setattr(checkpoints.shutil, 'disk_usage', lambda path: SimpleNamespace(free=1024))
     with pytest.raises(OSError, match=r'disk full while saving \S+/x.pth; the previous'):
         utils.atomic_save({'w': torch.ones(1)}, str(tmp_path / 'x.pth'))
     assert os.listdir(tmp_path) == []
