@@ -41,7 +41,6 @@ import datasets
 import train
 import train_fns
 import utils
-from BigGAN import G_D
 
 MODES = {  # name: (--amp, --channels_last, --compile)
     'fp32': ('none', False, False),
@@ -50,7 +49,7 @@ MODES = {  # name: (--amp, --channels_last, --compile)
     'bf16_compile': ('bf16', False, True),
     'bf16_cl_compile': ('bf16', True, True),
 }
-ANALYTIC_GFLOP_PER_IMAGE = 370  # issue 7's figure for BigGAN-128 ch96
+ANALYTIC_GFLOP_PER_IMAGE = 370  # BigGAN-128 ch96, counted by hand from its layer shapes
 
 
 @dataclass
@@ -69,37 +68,30 @@ class Step:
         return self.train(self.x, self.y)
 
 
-def real_images_per_iter(config: dict) -> int:
-    """Real images one iteration consumes (the loader's batch in train.py)."""
-    return config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
-
-
 def G_images_per_iter(config: dict) -> int:
     """Images G generates in one iteration: the D steps' fakes plus the G step's."""
-    return real_images_per_iter(config) + config['G_batch_size'] * config['num_G_accumulations']
+    return train.images_per_itr(config) + config['G_batch_size'] * config['num_G_accumulations']
 
 
 def build_step(config: dict, device: torch.device) -> Step:
     """Models, optimizers, EMA, precision and compile as train.py builds them; random reals."""
     utils.seed_rng(config['seed'])
-    G, D, G_ema = train.build_models(config, device)
-    G_optim, D_optim = train.build_optimizers(G, D, config, device)
-    ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start']) if G_ema else None
+    nets = train.build_nets(config, device)
+    ema = (utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
+           if nets.G_ema is not None else None)
     state_dict = {'itr': 0}
-    precision = train_fns.Precision.from_config(config['amp'], device)
-    GD = G_D(G, D)
-    if config['compile']:
-        GD = torch.compile(GD)
-    latents = utils.Latents(train_fns.latent_batch_size(config), G.dim_z, config['n_classes'],
-                            device, config['z_var'])
-    step = train_fns.GAN_training_function(G, D, GD, G_optim, D_optim, latents, ema,
-                                           state_dict, config, precision)
-    n, res = real_images_per_iter(config), config['resolution']
+    GD, _, _ = train.wrap_parallel(nets, config, device, world_size=1)
+    latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
+                            config['n_classes'], device, config['z_var'])
+    step = train_fns.GAN_training_function(
+        nets, GD, state_dict, config, latents=latents, ema=ema,
+        precision=train_fns.Precision.from_config(config['amp'], device))
+    n, res = train.images_per_itr(config), config['resolution']
     x = torch.rand(n, 3, res, res, device=device) * 2 - 1  # reals live in [-1, 1]
     if config['channels_last']:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(config['n_classes'], (n,), device=device)
-    return Step(G, D, step, x, y, state_dict)
+    return Step(nets.G, nets.D, step, x, y, state_dict)
 
 
 def mode_config(config: dict, mode: str) -> dict:
@@ -159,7 +151,7 @@ def bench_mode(config: dict, mode: str, device: torch.device, warmup: int, iters
         lines = [line for line in str(e).splitlines() if line.strip()] or ['']
         row['error'] = f'{type(e).__name__}: {lines[0][:300]}'
         return row
-    row.update(images_per_s=real_images_per_iter(config) / seconds,
+    row.update(images_per_s=train.images_per_itr(config) / seconds,
                G_images_per_s=G_images_per_iter(config) / seconds, ms_per_iter=seconds * 1e3,
                peak_mem_GiB=peak_memory_gib(device), TFLOP_per_s=flops / seconds / 1e12)
     return row
@@ -182,18 +174,15 @@ def run(config: dict, modes: list[str], warmup: int, iters: int,
         device: Optional[torch.device] = None) -> dict:
     """Count FLOPs once, bench every mode, print the table; returns the JSON-able result."""
     device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.type == 'cuda':  # as train.py sets them
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    config = {**config, 'G_batch_size': config['G_batch_size'] or config['batch_size']}
+    utils.configure_backends(device)  # as train.py sets them
+    config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
     if not config['resolution']:  # a dataset name fixes it (I128_hdf5 by default)
         config['resolution'] = datasets.resolve_dataset(config['dataset']).resolution
     flops = count_flops(config, device)
-    gflop_per_image = flops / real_images_per_iter(config) / 1e9
+    gflop_per_image = flops / train.images_per_itr(config) / 1e9
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f"BigGAN-{config['resolution']} G_ch {config['G_ch']} D_ch {config['D_ch']} on "
-          f"{name}, torch {torch.__version__}: {real_images_per_iter(config)} real and "
+          f"{name}, torch {torch.__version__}: {train.images_per_itr(config)} real and "
           f"{G_images_per_iter(config)} generated images per iteration, "
           f"{flops / 1e12:.4f} TFLOP per iteration")
     print(f'measured {gflop_per_image:.2f} GFLOP per real image per iteration (analytic '
@@ -202,7 +191,7 @@ def run(config: dict, modes: list[str], warmup: int, iters: int,
     print_table(rows, device)
     return {'device': name, 'torch': torch.__version__, 'warmup': warmup, 'iters': iters,
             'flops_per_iter': flops, 'gflop_per_image': gflop_per_image,
-            'real_images_per_iter': real_images_per_iter(config),
+            'real_images_per_iter': train.images_per_itr(config),
             'G_images_per_iter': G_images_per_iter(config), 'rows': rows,
             'config': utils.plain_config(config)}
 

@@ -35,18 +35,18 @@ import importlib
 import os
 import sys
 import time
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torchvision
 from tqdm import tqdm
 
 import datasets
+import train_fns
 import utils
+from utils import TruncatedLatents
 
 # Keys that describe this invocation, not the trained model: never taken from the run.
 LOCAL_KEYS = utils.INVOCATION_KEYS | {f.key for f in utils.SAMPLE_FLAGS}
@@ -133,7 +133,7 @@ def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
     if config['dataset']:
         try:
             spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
-                                            config['resolution'] or None,
+                                            resolution=config['resolution'] or None,
                                             single_class_ok=config['unconditional'])
         except (FileNotFoundError, ValueError) as err:
             problem = f'--dataset {config["dataset"]}: {err}'
@@ -174,7 +174,7 @@ def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
         config.update(given)
     utils.update_config_roots(config)
     config['experiment_name'] = run_dir.name
-    config['G_batch_size'] = config['G_batch_size'] or config['batch_size']
+    config['G_batch_size'] = train_fns.G_batch_size(config)
     resolve_data(config, given, saved)
     if weights_file is None:
         which = 'G_ema' if config['ema'] and config['use_ema'] else 'G'
@@ -185,6 +185,68 @@ def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
                 if weights_file.name.startswith('G_ema') else '')
         raise SampleError(f'weights {weights_file} are missing{hint}; the folder holds: {has}')
     return config, weights_file, itr
+
+
+# ----------------------------------------------------------------------------------------
+# Checks: everything that can fail, before anything is loaded
+# ----------------------------------------------------------------------------------------
+
+
+def truncation_values(spec: str) -> list[float]:
+    """'start_step_end' -> [start, start + step, ..., end]."""
+    try:
+        start, step, end = (float(v) for v in spec.split('_'))
+    except ValueError:
+        raise SampleError(f'--sample_trunc_curves {spec!r}: expected start_step_end, '
+                          f'e.g. 0.05_0.05_1.0') from None
+    if not 0 < start <= end or step <= 0:
+        raise SampleError(f'--sample_trunc_curves {spec!r}: need 0 < start <= end, step > 0')
+    return [round(start + i * step, 6) for i in range(int((end - start) / step + 1e-6) + 1)]
+
+
+def wants_metrics(config: dict) -> bool:
+    """Whether IS/FID are asked for (by --sample_inception_metrics or the truncation sweep)."""
+    return config['sample_inception_metrics'] or bool(config['sample_trunc_curves'])
+
+
+def check_flags(config: dict) -> list[float]:
+    """Refuse flags that cannot work before anything is loaded; the sweep's t values (or [])."""
+    if not any(config[m] for m in MODES):
+        raise SampleError(f"nothing to do: give one or more of --{', --'.join(MODES)}")
+    spec = config['sample_trunc_curves']
+    truncations = truncation_values(spec) if spec else []
+    t = config['truncation']
+    if t < 0 or (t > 0 and config['z_var'] != 1.0):
+        raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
+                          f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
+                          f"{config['z_var']}")
+    if config['G_batch_size'] < 1:
+        raise SampleError(f"--G_batch_size {config['G_batch_size']}: give at least 1 (0 takes "
+                          f"--batch_size, which must then be at least 1)")
+    if config['sample_npz'] and config['sample_num_npz'] < 1:
+        raise SampleError(f"--sample_num_npz {config['sample_num_npz']}: --sample_npz needs "
+                          f"at least 1 sample")
+    if wants_metrics(config) and config['num_inception_images'] < 10:  # the IS's 10 splits
+        raise SampleError(f"--num_inception_images {config['num_inception_images']}: the "
+                          f"Inception Score needs at least one sample in each of its 10 splits")
+    return truncations
+
+
+def inception_args(config: dict) -> tuple[str, str, Optional[str]]:
+    """(moments file, Inception network, its weights) as inception_utils takes them."""
+    return (config.get('moments_path', ''), config['inception'],
+            config['inception_weights'] or None)
+
+
+def check_inception(config: dict) -> None:
+    """Refuse IS/FID now if the Inception weights or the data moments are not usable."""
+    import inception_utils  # only when asked: it loads Inception code and weights
+    try:
+        inception_utils.check_inception_ready(*inception_args(config), config['no_fid'],
+                                              resolution=config['resolution'])
+    except (FileNotFoundError, ValueError) as err:
+        raise SampleError(f'{err}\n(IS/FID were asked for; --no_fid computes IS only, '
+                          f'which needs no moments file)') from err
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,97 +268,72 @@ def load_generator(config: dict, weights_file: Path, device: torch.device) -> nn
     return G.to(device).train(not config['G_eval_mode'])
 
 
-class TruncatedLatents(utils.Latents):
-    """Latents with z ~ N(0, 1) truncated at `truncation` (the paper's truncation trick)."""
+@dataclass
+class Sampler:
+    """What the output modes share: the loaded G, its latents and precision, and the run."""
+    config: dict
+    G: nn.Module
+    net: nn.Module  # G, or G in DataParallel over the GPUs (--parallel)
+    latents: utils.Latents
+    precision: train_fns.Precision  # G runs under the run's --amp; Inception never does
+    device: torch.device
+    weights_file: Path
+    itr: int
+    name: str  # the run folder's name, <exp>
+    out_dir: str  # samples/<exp>
+    folder: int  # the sheets' folder: --sample_sheet_folder_num, or itr when that is -1
+    get_metrics: Optional[Callable] = None  # inception_utils' IS/FID, when asked for
 
-    def __init__(self, batch_size: int, dim_z: int, n_classes: int, device: torch.device,
-                 truncation: float):
-        super().__init__(batch_size, dim_z, n_classes, device)
-        self.truncation = truncation
+    def sample_fn(self, latents: Optional[utils.Latents] = None,
+                  bar: Optional[tqdm] = None) -> Callable:
+        """sample() -> (images [B, 3, R, R] in [-1, 1], labels [B]) from fresh latents."""
+        latents = self.latents if latents is None else latents
 
-    def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """New z (every |z_i| <= truncation) and uniform classes."""
-        self.z.copy_(utils.truncated_normal(self.z.shape, self.truncation, self.z.device))
-        self.y.random_(0, self.n_classes)
-        return self.z, self.y
+        def sample() -> tuple[torch.Tensor, torch.Tensor]:
+            z, y = latents.sample_()
+            with self.precision.autocast():
+                images = self.net(z, self.G.shared(y))
+            if bar is not None:  # the last batch may be cut short by the caller
+                bar.update(min(len(y), bar.total - bar.n) if bar.total else len(y))
+            return images, y
+        return sample
 
-
-def make_sample(G: nn.Module, net: nn.Module, latents: utils.Latents, amp: Callable,
-                bar: Optional[tqdm] = None) -> Callable:
-    """sample() -> (images [B, 3, R, R] in [-1, 1], labels [B]) from fresh latents."""
-    def sample() -> tuple[torch.Tensor, torch.Tensor]:
-        z, y = latents.sample_()
-        with amp():
-            images = net(z, G.shared(y))
-        if bar is not None:  # the last batch may be cut short by the caller
-            bar.update(min(len(y), bar.total - bar.n) if bar.total else len(y))
-        return images, y
-    return sample
+    def accumulate_stats(self, latents: utils.Latents) -> None:
+        """Standing BN statistics of G over batches drawn from `latents`."""
+        with self.precision.autocast():
+            utils.accumulate_standing_stats(self.G, latents,
+                                            self.config['num_standing_accumulations'])
 
 
-def truncation_values(spec: str) -> list[float]:
-    """'start_step_end' -> [start, start + step, ..., end]."""
-    try:
-        start, step, end = (float(v) for v in spec.split('_'))
-    except ValueError:
-        raise SampleError(f'--sample_trunc_curves {spec!r}: expected start_step_end, '
-                          f'e.g. 0.05_0.05_1.0') from None
-    if not 0 < start <= end or step <= 0:
-        raise SampleError(f'--sample_trunc_curves {spec!r}: need 0 < start <= end, step > 0')
-    return [round(start + i * step, 6) for i in range(int((end - start) / step + 1e-6) + 1)]
+def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
+    """Load G on the GPU if there is one, seed, and make the latents (and Inception if asked)."""
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    utils.configure_backends(device)
+    G = load_generator(config, weights_file, device)
+    net = nn.DataParallel(G) if config['parallel'] and torch.cuda.device_count() > 1 else G
+    precision = train_fns.Precision.from_config(config['amp'], device)
+    B = config['G_batch_size']
+    print(f"Loaded {weights_file} (itr {itr}): G in {'eval' if config['G_eval_mode'] else 'train'}"
+          f" mode, {config['amp'] if precision.dtype else 'fp32'}, on {device}, batches of {B}")
+    utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
+    t = config['truncation']
+    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t) if t > 0
+               else utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var']))
+    name, folder = config['experiment_name'], config['sample_sheet_folder_num']
+    sampler = Sampler(config=config, G=G, net=net, latents=latents, precision=precision,
+                      device=device, weights_file=weights_file, itr=itr, name=name,
+                      out_dir=os.path.join(config['samples_root'], name),
+                      folder=itr if folder == -1 else folder)
+    if wants_metrics(config):
+        import inception_utils
+        sampler.get_metrics = inception_utils.prepare_inception_metrics(
+            *inception_args(config), device=device, no_fid=config['no_fid'])
+    return sampler
 
 
 # ----------------------------------------------------------------------------------------
-# Outputs
+# Outputs: the file writers, then one function per mode
 # ----------------------------------------------------------------------------------------
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, R, R] in [-1, 1] -> uint8 [B, R, R, 3] (rounded, on the images' device)."""
-    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(
-        0, 2, 3, 1)
-
-
-def write_npz(path: str, sample: Callable, num: int) -> None:
-    """Stream `num` samples into an uncompressed .npz: x uint8 [N, R, R, 3], y int64 [N].
-
-    Only one batch of images is in memory at a time: x.npy is written into the zip batch by
-    batch (the header first, from the first batch's shape); the labels (8 bytes each) are
-    kept and written after. A temporary name is renamed at the end, or removed when anything
-    fails or interrupts the writing (an existing file at `path` is then left as it was).
-    """
-    if num < 1:
-        raise ValueError(f'an .npz of {num} samples: give at least 1')
-    tmp, labels, done = f'{path}.tmp', [], 0
-    try:
-        with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open('x.npy', 'w', force_zip64=True) as f:  # size unknown, may be >2GB
-                while done < num:
-                    images, y = sample()
-                    x = to_uint8(images[:num - done]).cpu().numpy()
-                    if done == 0:
-                        np.lib.format.write_array_header_1_0(f, {
-                            'descr': np.lib.format.dtype_to_descr(x.dtype),
-                            'fortran_order': False, 'shape': (num, *x.shape[1:])})
-                    f.write(np.ascontiguousarray(x).tobytes())
-                    # A copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is
-                    # the tensor itself), which the next sample() overwrites.
-                    labels.append(y[:len(x)].to('cpu', copy=True))
-                    done += len(x)
-            with zf.open('y.npy', 'w') as f:
-                np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))
-        os.replace(tmp, path)
-    except BaseException:  # a failure or Ctrl-C midway: leave no partial file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_grid(images: torch.Tensor, path: str) -> None:
-    """A square-ish grid of images in [-1, 1]."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torchvision.utils.save_image(images.float().cpu(), path, nrow=int(len(images) ** 0.5),
-                                 normalize=True, value_range=(-1, 1))
 
 
 def plot_trunc_curves(records: list[dict], path: str) -> None:
@@ -319,6 +356,96 @@ def plot_trunc_curves(records: list[dict], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def save_npz(s: Sampler) -> dict:
+    """--sample_npz: samples/<exp>/samples.npz; returns its path and the images/s."""
+    n, path = s.config['sample_num_npz'], os.path.join(s.out_dir, 'samples.npz')
+    os.makedirs(s.out_dir, exist_ok=True)
+    with tqdm(total=n, desc='npz samples', unit='img', file=sys.stdout) as bar:
+        start = time.perf_counter()
+        utils.write_npz(path, s.sample_fn(bar=bar), n)
+    images_per_s = n / (time.perf_counter() - start)
+    print(f"Wrote {n} samples to {path} ({images_per_s:.1f} images/s)")
+    return {'npz': path, 'images_per_s': images_per_s}
+
+
+def save_class_sheets(s: Sampler) -> list[str]:
+    """--sample_sheets: samples/<exp>/<itr>/samples*.jpg, 10 samples of each class."""
+    with s.precision.autocast():
+        paths = utils.sample_sheet(
+            s.G, classes_per_sheet=s.config['classes_per_sheet'],
+            num_classes=s.config['n_classes'], samples_per_class=10,
+            samples_root=s.config['samples_root'], experiment_name=s.name,
+            folder_number=s.folder, device=s.device, truncation=s.config['truncation'])
+    print(f'Wrote {len(paths)} sheets to {os.path.dirname(paths[0])}')
+    return paths
+
+
+def save_interps(s: Sampler) -> list[str]:
+    """--sample_interps: samples/<exp>/<itr>/interp{ZY,Z,Y}0.jpg."""
+    with s.precision.autocast():  # z and class together, z only, class only
+        paths = [utils.interp_sheet(
+            s.G, num_per_sheet=16, num_midpoints=8, num_classes=s.config['n_classes'],
+            samples_root=s.config['samples_root'], experiment_name=s.name,
+            folder_number=s.folder, sheet_number=0, fix_z=fix_z, fix_y=fix_y,
+            device=s.device, truncation=s.config['truncation'])
+            for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
+    paths = [p for p in paths if p is not None]  # class interps need a shared embedding
+    print(f'Wrote {len(paths)} interps to {os.path.dirname(paths[0])}')
+    return paths
+
+
+def save_random_grid(s: Sampler) -> str:
+    """--sample_random: samples/<exp>/random_samples.jpg, one G_batch_size batch."""
+    path = os.path.join(s.out_dir, 'random_samples.jpg')
+    utils.save_grid(s.sample_fn()()[0], path)
+    print(f'Wrote {path}')
+    return path
+
+
+def measure(s: Sampler, latents: utils.Latents, **what) -> dict:
+    """IS/FID of num_inception_images samples from `latents`, as a record naming `what`."""
+    config, n = s.config, s.config['num_inception_images']
+    with tqdm(total=n, desc='IS/FID samples', unit='img', file=sys.stdout) as bar:
+        start = time.perf_counter()
+        IS_mean, IS_std, FID = s.get_metrics(s.sample_fn(latents, bar), n, num_splits=10)
+    record = dict(itr=s.itr, weights=str(s.weights_file), **what, IS_mean=float(IS_mean),
+                  IS_std=float(IS_std), FID=None if FID is None else float(FID),
+                  num_inception_images=n, G_batch_size=config['G_batch_size'],
+                  G_eval_mode=config['G_eval_mode'],
+                  standing_accumulations=config['num_standing_accumulations']
+                  if config['accumulate_stats'] else 0)
+    print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']} "
+          f"({n / (time.perf_counter() - start):.1f} images/s with Inception)")
+    return record
+
+
+def log_metrics(s: Sampler) -> dict:
+    """--sample_inception_metrics: one record appended to logs/<exp>_sample_metrics.jsonl."""
+    t = s.config['truncation']
+    record = measure(s, s.latents, **({'truncation': t} if t > 0 else
+                                      {'z_var': s.config['z_var']}))
+    path = os.path.join(s.config['logs_root'], f'{s.name}_sample_metrics.jsonl')
+    utils.MetricsLogger(path).log(record)
+    return record
+
+
+def sweep_truncation(s: Sampler, truncations: list[float]) -> list[dict]:
+    """--sample_trunc_curves: IS/FID per t, to logs/<exp>_trunc_curves.{jsonl,png}."""
+    log_path = os.path.join(s.config['logs_root'], f'{s.name}_trunc_curves.jsonl')
+    log = utils.MetricsLogger(log_path, reinitialize=True)
+    records = []
+    for t in truncations:
+        latents = TruncatedLatents(s.config['G_batch_size'], s.G.dim_z, s.config['n_classes'],
+                                   s.device, truncation=t)
+        if s.config['accumulate_stats']:  # standing stats at this t, as 2019 did
+            s.accumulate_stats(latents)
+        records.append(measure(s, latents, truncation=t))
+        log.log(records[-1])
+    plot_trunc_curves(records, log_path[:-len('.jsonl')] + '.png')
+    print(f'Wrote {log_path} and its .png plot')
+    return records
+
+
 # ----------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------
@@ -328,125 +455,30 @@ def run(argv: Optional[list[str]] = None) -> dict:
     """Sample as the flags say; returns what was done (paths, metric records, images/s)."""
     # Config, and every check that can fail, before anything is sampled:
     config, weights_file, itr = resolve_config(argv)
-    if not any(config[m] for m in MODES):
-        raise SampleError(f"nothing to do: give one or more of --{', --'.join(MODES)}")
-    spec = config['sample_trunc_curves']
-    truncations = truncation_values(spec) if spec else []
-    t = config['truncation']
-    if t < 0 or (t > 0 and config['z_var'] != 1.0):
-        raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
-                          f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
-                          f"{config['z_var']}")
-    if config['G_batch_size'] < 1:
-        raise SampleError(f"--G_batch_size {config['G_batch_size']}: give at least 1 (0 takes "
-                          f"--batch_size, which must then be at least 1)")
-    if config['sample_npz'] and config['sample_num_npz'] < 1:
-        raise SampleError(f"--sample_num_npz {config['sample_num_npz']}: --sample_npz needs "
-                          f"at least 1 sample")
-    wants_metrics = config['sample_inception_metrics'] or bool(truncations)
-    if wants_metrics and config['num_inception_images'] < 10:  # the IS's 10 splits below
-        raise SampleError(f"--num_inception_images {config['num_inception_images']}: the "
-                          f"Inception Score needs at least one sample in each of its 10 splits")
-    if wants_metrics:
-        import inception_utils  # only when asked: it loads Inception code and weights
-        inception_args = (config.get('moments_path', ''), config['inception'],
-                          config['inception_weights'] or None)
-        try:
-            inception_utils.check_inception_ready(*inception_args, config['no_fid'],
-                                                  resolution=config['resolution'])
-        except (FileNotFoundError, ValueError) as err:
-            raise SampleError(f'{err}\n(IS/FID were asked for; --no_fid computes IS only, '
-                              f'which needs no moments file)') from err
+    truncations = check_flags(config)
+    if wants_metrics(config):
+        check_inception(config)
 
     # Model, precision, latents:
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    G = load_generator(config, weights_file, device)
-    net = nn.DataParallel(G) if config['parallel'] and torch.cuda.device_count() > 1 else G
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(config['amp'])
-
-    def amp():  # G runs under the run's --amp; Inception never does
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    name, B = config['experiment_name'], config['G_batch_size']
-    print(f"Loaded {weights_file} (itr {itr}): G in {'eval' if config['G_eval_mode'] else 'train'}"
-          f" mode, {config['amp'] if dtype else 'fp32'}, on {device}, batches of {B}")
-    utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
-    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, t) if t > 0 else
-               utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var']))
-    out_dir = os.path.join(config['samples_root'], name)
-    folder = itr if config['sample_sheet_folder_num'] == -1 else config['sample_sheet_folder_num']
+    s = build_sampler(config, weights_file, itr)
     done = {'weights': str(weights_file), 'config': config}
-    if config['sample_inception_metrics'] or truncations:
-        get_metrics = inception_utils.prepare_inception_metrics(
-            *inception_args, device=device, parallel=config['parallel'],
-            no_fid=config['no_fid'])
-
-    def metrics(lat: utils.Latents, **what) -> dict:
-        n = config['num_inception_images']
-        with tqdm(total=n, desc='IS/FID samples', unit='img', file=sys.stdout) as bar:
-            start = time.perf_counter()
-            IS_mean, IS_std, FID = get_metrics(make_sample(G, net, lat, amp, bar), n,
-                                               num_splits=10, prints=False)
-        record = dict(itr=itr, weights=str(weights_file), **what, IS_mean=float(IS_mean),
-                      IS_std=float(IS_std), FID=None if FID is None else float(FID),
-                      num_inception_images=n, G_batch_size=B, G_eval_mode=config['G_eval_mode'],
-                      standing_accumulations=config['num_standing_accumulations']
-                      if config['accumulate_stats'] else 0)
-        print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']} "
-              f"({n / (time.perf_counter() - start):.1f} images/s with Inception)")
-        return record
 
     # Outputs, in the 2019 order; the truncation sweep last, as it may redo standing stats:
     with torch.inference_mode():
         if config['accumulate_stats']:
-            with amp():
-                utils.accumulate_standing_stats(G, latents, config['num_standing_accumulations'])
+            s.accumulate_stats(s.latents)
         if config['sample_npz']:
-            n, path = config['sample_num_npz'], os.path.join(out_dir, 'samples.npz')
-            os.makedirs(out_dir, exist_ok=True)
-            with tqdm(total=n, desc='npz samples', unit='img', file=sys.stdout) as bar:
-                start = time.perf_counter()
-                write_npz(path, make_sample(G, net, latents, amp, bar), n)
-            done['npz'], done['images_per_s'] = path, n / (time.perf_counter() - start)
-            print(f"Wrote {n} samples to {path} ({done['images_per_s']:.1f} images/s)")
-        with amp():
-            if config['sample_sheets']:
-                done['sheets'] = utils.sample_sheet(
-                    G, config['classes_per_sheet'], config['n_classes'], 10,
-                    config['samples_root'], name, folder, device, t)
-            if config['sample_interps']:  # z and class together, z only, class only
-                done['interps'] = [utils.interp_sheet(
-                    G, 16, 8, config['n_classes'], config['samples_root'], name, folder, 0,
-                    fix_z, fix_y, device, t) for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
+            done.update(save_npz(s))
+        if config['sample_sheets']:
+            done['sheets'] = save_class_sheets(s)
+        if config['sample_interps']:
+            done['interps'] = save_interps(s)
         if config['sample_random']:
-            done['random'] = os.path.join(out_dir, 'random_samples.jpg')
-            save_grid(make_sample(G, net, latents, amp)()[0], done['random'])
-        for key in ('sheets', 'interps'):
-            if key in done:
-                print(f'Wrote {len(done[key])} {key} to {os.path.dirname(done[key][0])}')
-        if 'random' in done:
-            print(f"Wrote {done['random']}")
+            done['random'] = save_random_grid(s)
         if config['sample_inception_metrics']:
-            done['metrics'] = metrics(latents, **({'truncation': t} if t > 0 else
-                                                  {'z_var': config['z_var']}))
-            utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_sample_metrics.jsonl')
-                                ).log(done['metrics'])
+            done['metrics'] = log_metrics(s)
         if truncations:
-            log_path = os.path.join(config['logs_root'], f'{name}_trunc_curves.jsonl')
-            log = utils.MetricsLogger(log_path, reinitialize=True)
-            done['trunc_curves'] = []
-            for t in truncations:
-                lat = TruncatedLatents(B, G.dim_z, config['n_classes'], device, t)
-                if config['accumulate_stats']:  # standing stats at this t, as 2019 did
-                    with amp():
-                        utils.accumulate_standing_stats(G, lat,
-                                                        config['num_standing_accumulations'])
-                done['trunc_curves'].append(metrics(lat, truncation=t))
-                log.log(done['trunc_curves'][-1])
-            plot_trunc_curves(done['trunc_curves'], log_path[:-len('.jsonl')] + '.png')
-            print(f'Wrote {log_path} and its .png plot')
+            done['trunc_curves'] = sweep_truncation(s, truncations)
     return done
 
 

@@ -15,7 +15,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -55,11 +55,12 @@ def prepare_config(config: dict) -> dict:
         print(note)
     utils.update_config_roots(config)
     spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
-                                    config['resolution'] or None, config['unconditional'])
+                                    resolution=config['resolution'] or None,
+                                    single_class_ok=config['unconditional'])
     config['resolution'] = spec.resolution
     config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
     config['classes_per_sheet'] = min(spec.classes_per_sheet, config['n_classes'])
-    config['G_batch_size'] = config['G_batch_size'] or config['batch_size']
+    config['G_batch_size'] = train_fns.G_batch_size(config)
     if config['G_batch_size'] < config['batch_size']:
         print(f"--G_batch_size {config['G_batch_size']} < --batch_size {config['batch_size']}: "
               f"D sees {config['batch_size']} fakes per minibatch and G steps on "
@@ -102,6 +103,18 @@ def total_iterations(num_images: int, num_epochs: int, images_per_itr: int,
     return num_images // images_per_itr * num_epochs
 
 
+def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
+    """The run's config: resumed flags, resolved data and name, and every check that can
+    fail before anything is written to disk."""
+    if config['resume']:
+        config = resumed_config(config, given)
+    config = prepare_config(config)
+    check_config(config, world_size, torch.cuda.device_count())
+    check_run_folder(config)
+    check_test_setup(config)
+    return config
+
+
 def check_test_setup(config: dict) -> None:
     """Testing needs Inception weights and the moments file: fail now, not hours later."""
     if config['test_every'] > 0:
@@ -142,6 +155,28 @@ def build_optimizers(G: nn.Module, D: nn.Module, config: dict, device: torch.dev
     return G_optim, D_optim
 
 
+def build_nets(config: dict, device: torch.device) -> train_fns.Nets:
+    """G, D, G_ema and both optimizers."""
+    G, D, G_ema = build_models(config, device)
+    return train_fns.Nets(G, D, G_ema, *build_optimizers(G, D, config, device))
+
+
+def new_state_dict(config: dict) -> dict:
+    """The counters a checkpoint saves (state_dict.pth), at the start of a run."""
+    return {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
+            'best_FID': 999999, 'config': config}
+
+
+def inception_metrics(config: dict, device: torch.device) -> Optional[Callable]:
+    """The IS/FID function of --test_every (None when not testing)."""
+    if config['test_every'] <= 0:
+        return None
+    import inception_utils  # only when testing: it loads the Inception weights
+    return inception_utils.prepare_inception_metrics(
+        config['moments_path'], config['inception'], config['inception_weights'] or None,
+        device=device, no_fid=config['no_fid'])
+
+
 def weights_source(path: str) -> tuple[str, Optional[str]]:
     """(run folder, suffix) named by --load_weights: a folder, or one of its G/G_ema/D files."""
     if not os.path.isfile(path):
@@ -154,8 +189,8 @@ def weights_source(path: str) -> tuple[str, Optional[str]]:
                          f'{err}') from None
 
 
-def resume(G, D, G_ema, G_optim, D_optim, state_dict: dict,
-           precision: train_fns.Precision, config: dict) -> dict:
+def resume(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precision,
+           config: dict) -> dict:
     """Load the run's checkpoint and apply the config's optimizer settings; returns the saved
     state ({} for a run killed before its first save, which starts from iteration 0)."""
     run_dir = os.path.join(config['weights_root'], config['experiment_name'])
@@ -164,22 +199,24 @@ def resume(G, D, G_ema, G_optim, D_optim, state_dict: dict,
         print(f'{run_dir} holds no checkpoint yet (the run stopped before its first save): '
               f'starting from iteration 0')
         return {}
-    saved = utils.load_weights(G, D, state_dict, config['weights_root'],
-                               config['experiment_name'], suffix, G_ema, True, G_optim, D_optim)
-    set_optimizer_hparams(G_optim, config['G_lr'], (config['G_B1'], config['G_B2']),
-                          config['adam_eps'])
-    set_optimizer_hparams(D_optim, config['D_lr'], (config['D_B1'], config['D_B2']),
-                          config['adam_eps'])
+    saved = utils.load_weights(nets.G, nets.D, state_dict, config['weights_root'],
+                               config['experiment_name'], name_suffix=suffix, G_ema=nets.G_ema,
+                               G_optim=nets.G_optim, D_optim=nets.D_optim)
+    for optim, who in ((nets.G_optim, 'G'), (nets.D_optim, 'D')):
+        set_optimizer_hparams(optim, config[f'{who}_lr'], (config[f'{who}_B1'],
+                                                           config[f'{who}_B2']),
+                              config['adam_eps'])
     for key in ('G_scaler', 'D_scaler'):
         if saved.get(key) and getattr(precision, key) is not None:
             getattr(precision, key).load_state_dict(saved[key])
     return saved
 
 
-def load_for_finetuning(G, D, G_ema, path: str) -> None:
+def load_for_finetuning(nets: train_fns.Nets, path: str) -> None:
     """Load a run's weights, re-initialising class embeddings whose class count differs."""
     root, suffix = weights_source(path)
-    for net, name in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
+    G, G_ema = nets.G, nets.G_ema
+    for net, name in ((G, 'G'), (nets.D, 'D'), (G_ema, 'G_ema')):
         fname = os.path.join(root, utils.checkpoint_file(name, suffix))
         if net is None or (name == 'G_ema' and not os.path.exists(fname)):
             continue
@@ -245,6 +282,96 @@ def set_optimizer_hparams(optim: torch.optim.Optimizer, lr: float, betas: tuple,
         group.update(lr=lr, betas=betas, eps=eps)
 
 
+def load_start(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precision,
+               config: dict, *, is_main: bool, world_size: int) -> dict:
+    """Resume the run (after completing or dropping a save a kill interrupted), or start it
+    from --load_weights; returns what the checkpoint saved beyond the weights ({} if none)."""
+    if config['resume']:
+        run_dir = os.path.join(config['weights_root'], config['experiment_name'])
+        if is_main and os.path.isdir(run_dir):
+            for line in utils.recover_checkpoints(run_dir):
+                print(f'{run_dir}: {line}')
+        if world_size > 1:
+            dist.barrier()  # the other ranks load what rank 0 recovered
+        return resume(nets, state_dict, precision, config)
+    if config['load_weights']:
+        load_for_finetuning(nets, config['load_weights'])
+    return {}
+
+
+def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, world_size: int
+                  ) -> tuple[nn.Module, Optional[nn.Module], Optional[nn.Module]]:
+    """(G_D of the nets, DDP-wrapped under torchrun; DataParallel with --parallel on several
+    GPUs; compiled with --compile), and the DDP wrappers of G and D (None without DDP)."""
+    G_ddp = D_ddp = None
+    if world_size > 1:
+        if config['cross_replica']:
+            layers.use_sync_batchnorm(nets.G)
+        ids = [device.index] if device.type == 'cuda' else None
+        G_ddp = nn.parallel.DistributedDataParallel(nets.G, device_ids=ids)
+        D_ddp = nn.parallel.DistributedDataParallel(nets.D, device_ids=ids)
+        GD = G_D(G_ddp, D_ddp)
+    else:
+        GD = G_D(nets.G, nets.D)
+        if config['parallel'] and torch.cuda.device_count() > 1:
+            GD = nn.DataParallel(GD)
+    return (torch.compile(GD) if config['compile'] else GD), G_ddp, D_ddp
+
+
+def images_per_itr(config: dict, world_size: int = 1) -> int:
+    """Real images one iteration consumes, over all ranks."""
+    return (config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
+            * world_size)
+
+
+def build_loader(config: dict, start_itr: int, rank: int, world_size: int):
+    """This rank's loader: each batch holds the real images of one whole iteration."""
+    minibatches = config['num_D_steps'] * config['num_D_accumulations']
+    return datasets.get_data_loaders(**{**config, 'batch_size': images_per_itr(config),
+                                        'start_itr': start_itr, 'rank': rank,
+                                        'world_size': world_size,
+                                        'minibatches': minibatches})[0]
+
+
+def resume_position(itr: int, epoch: int, itrs_per_epoch: int, multiepoch: bool
+                    ) -> tuple[int, int]:
+    """(epoch, its first batch) to continue from after `itr` iterations saved in `epoch`.
+
+    A run resumed mid-epoch continues that epoch at the batch where it stopped, unless the
+    counters do not fit this dataset (e.g. a 2019 run resumed on other data: then the epoch
+    starts anew). The multi-epoch sampler skips ahead by itself: always batch 0.
+    """
+    start_batch = itr - epoch * itrs_per_epoch
+    if multiepoch:
+        return epoch, 0
+    if start_batch == itrs_per_epoch:  # saved at an epoch's last iteration, before the loop
+        return epoch + 1, 0            # moved on to the next epoch
+    return epoch, start_batch if 0 <= start_batch < itrs_per_epoch else 0
+
+
+def describe_length(config: dict, num_images: int, world_size: int) -> str:
+    """The start-up line: how many iterations of how many images, and where it resumes."""
+    per_itr = images_per_itr(config, world_size)
+    total = total_iterations(num_images, config['num_epochs'], per_itr,
+                             config['use_multiepoch_sampler'])
+    ranks = f' x {world_size} ranks' if world_size > 1 else ''
+    return (f"Training {total:,} iterations: {config['num_epochs']} epochs of {num_images:,} "
+            f"images at {per_itr:,} real images per iteration (batch {config['batch_size']} x "
+            f"{config['num_D_steps']} D steps x {config['num_D_accumulations']} "
+            f"accumulations{ranks})")
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, config: dict, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the device, in the model's memory format; all labels 0 if unconditional."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if config['unconditional']:
+        y = torch.zeros_like(y)
+    if config['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
 def install_stop_handlers() -> dict:
     """SIGTERM/SIGUSR1 ask the loop to save and exit at the end of the current iteration."""
     stop = {'signal': None}
@@ -265,149 +392,43 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
     """
     # Setup processes and config:
     rank, world_size, device = setup_distributed()
-    if config['resume']:
-        config = resumed_config(config, given)
-    config = prepare_config(config)
-    check_config(config, world_size, torch.cuda.device_count())
-    check_run_folder(config)
-    check_test_setup(config)
-    name = config['experiment_name']
-    run_dir = os.path.join(config['weights_root'], name)
+    config = setup_config(config, given, world_size)
     is_main = rank == 0
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    utils.configure_backends(device)
     utils.seed_rng(config['seed'])  # the same initial weights on every rank
 
-    # Create models, optimizers, EMA:
-    G, D, G_ema = build_models(config, device)
-    G_optim, D_optim = build_optimizers(G, D, config, device)
-    ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start']) if G_ema else None
-    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
-                  'best_FID': 999999, 'config': config}
+    # Create models, optimizers, EMA; resume or fine-tune; wrap for parallelism:
+    nets = build_nets(config, device)
+    ema = (utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
+           if nets.G_ema is not None else None)
+    state_dict = new_state_dict(config)
     precision = train_fns.Precision.from_config(config['amp'], device)
+    saved = load_start(nets, state_dict, precision, config, is_main=is_main,
+                       world_size=world_size)
+    GD, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size)
 
-    # Resume or fine-tune:
-    saved = {}
-    if config['resume']:
-        if is_main and os.path.isdir(run_dir):  # complete or drop a save a kill interrupted
-            for line in utils.recover_checkpoints(run_dir):
-                print(f'{run_dir}: {line}')
-        if world_size > 1:
-            dist.barrier()  # the other ranks load what rank 0 recovered
-        saved = resume(G, D, G_ema, G_optim, D_optim, state_dict, precision, config)
-    elif config['load_weights']:
-        load_for_finetuning(G, D, G_ema, config['load_weights'])
-
-    # Wrap for parallelism:
-    G_ddp = D_ddp = None
-    if world_size > 1:
-        if config['cross_replica']:
-            layers.use_sync_batchnorm(G)
-        ids = [device.index] if device.type == 'cuda' else None
-        G_ddp = nn.parallel.DistributedDataParallel(G, device_ids=ids)
-        D_ddp = nn.parallel.DistributedDataParallel(D, device_ids=ids)
-        GD = G_D(G_ddp, D_ddp)
-    else:
-        GD = G_D(G, D)
-        if config['parallel'] and torch.cuda.device_count() > 1:
-            GD = nn.DataParallel(GD)
-    if config['compile']:
-        GD = torch.compile(GD)
-
-    # Data:
-    minibatches = config['num_D_steps'] * config['num_D_accumulations']
-    D_batch_size = config['batch_size'] * minibatches
-    loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                          'start_itr': state_dict['itr'], 'rank': rank,
-                                          'world_size': world_size,
-                                          'minibatches': minibatches})[0]
-
-    # Logging (rank 0 only), the first write to disk:
-    if is_main:
-        utils.save_config(config, os.path.join(run_dir, 'config.json'))
-        test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
-                                       reinitialize=not config['resume'])
-        train_log = utils.MyLogger(os.path.join(config['logs_root'], name),
-                                   reinitialize=not config['resume'],
-                                   logstyle=config['logstyle'])
-        if config['resume']:  # drop what a killed run logged after its last checkpoint
-            test_log.truncate_after(state_dict['itr'])
-            train_log.truncate_after(state_dict['itr'])
-
-    # Training function, fixed samples, metrics:
-    latents = utils.Latents(train_fns.latent_batch_size(config), G.dim_z, config['n_classes'],
-                            device, config['z_var'], rank, world_size)
-    fixed = utils.Latents(config['G_batch_size'], G.dim_z, config['n_classes'], device,
-                          config['z_var'])
-    fixed_z, fixed_y = (t.clone() for t in fixed.sample_())
-    train = train_fns.GAN_training_function(G, D, GD, G_optim, D_optim, latents, ema,
-                                            state_dict, config, precision, G_ddp, D_ddp)
-    get_inception_metrics = None
-    if config['test_every'] > 0:  # every rank: each computes a share of the samples
-        import inception_utils
-        get_inception_metrics = inception_utils.prepare_inception_metrics(
-            config['moments_path'], config['inception'], config['inception_weights'] or None,
-            device=device, no_fid=config['no_fid'])
-    optims = (G_optim, D_optim)
-
-    def extra_state() -> dict:
-        extra = {'rng': utils.rng_state()}
-        for key in ('G_scaler', 'D_scaler'):
-            if getattr(precision, key) is not None:
-                extra[key] = getattr(precision, key).state_dict()
-        return extra
-
-    def sample():
-        which_G = train_fns.sampling_G(G, G_ema, config)
-        with torch.no_grad():
-            z, y = latents.sample_()
-            return which_G(z, which_G.shared(y)), y
-
-    def eval_mode(on: bool) -> None:
-        if config['G_eval_mode']:
-            for net in (G, G_ema):
-                if net is not None:
-                    net.train(not on)
-
-    def save() -> None:
-        nonlocal last_save
-        eval_mode(True)
-        try:
-            train_fns.save_and_sample(G, D, G_ema, latents, fixed_z, fixed_y, state_dict,
-                                      config, name, optims, extra_state())
-        except FloatingPointError as err:  # nothing was written
-            train_fns.stop_non_finite(str(err), state_dict['itr'], last_save)
-        last_save = f"{run_dir} (iteration {state_dict['itr']})"
-        eval_mode(False)
+    # Data; the training step; what runs after it (rank 0 writes config.json and logs now):
+    loader = build_loader(config, state_dict['itr'], rank, world_size)
+    latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
+                            config['n_classes'], device, config['z_var'], rank, world_size)
+    train = train_fns.GAN_training_function(nets, GD, state_dict, config, latents=latents,
+                                            ema=ema, precision=precision, G_ddp=G_ddp,
+                                            D_ddp=D_ddp)
+    after_step = train_fns.AfterStep(nets, state_dict, config, precision=precision,
+                                     latents=latents, is_main=is_main, resumed=bool(saved),
+                                     get_inception_metrics=inception_metrics(config, device))
 
     # Train:
     stop = install_stop_handlers()
-    last_save = f"{run_dir} (iteration {state_dict['itr']})" if saved else 'none yet'
     if 'rng' in saved:
         utils.set_rng_state(saved['rng'])
     multiepoch = config['use_multiepoch_sampler']
-    images_per_itr = D_batch_size * world_size
-    itrs_per_epoch = max(len(loader.dataset) // images_per_itr, 1)
+    itrs_per_epoch = max(len(loader.dataset) // images_per_itr(config, world_size), 1)
     if is_main:
-        total = total_iterations(len(loader.dataset), config['num_epochs'], images_per_itr,
-                                 multiepoch)
-        ranks = f' x {world_size} ranks' if world_size > 1 else ''
-        print(f"Training {total:,} iterations: {config['num_epochs']} epochs of "
-              f"{len(loader.dataset):,} images at {images_per_itr:,} real images per iteration "
-              f"(batch {config['batch_size']} x {config['num_D_steps']} D steps x "
-              f"{config['num_D_accumulations']} accumulations{ranks})"
+        print(describe_length(config, len(loader.dataset), world_size)
               + (f"; resuming at iteration {state_dict['itr']:,}" if config['resume'] else ''))
-    # A run resumed mid-epoch continues that epoch at the batch where it stopped (unless the
-    # counters do not fit this dataset, e.g. a 2019 run resumed on other data: then anew).
-    start_batch = state_dict['itr'] - state_dict['epoch'] * itrs_per_epoch
-    if not multiepoch and start_batch == itrs_per_epoch:
-        # Saved at an epoch's last iteration, before the loop moved on to the next epoch.
-        state_dict['epoch'] += 1
-        start_batch = 0
-    if multiepoch or not 0 <= start_batch < itrs_per_epoch:
-        start_batch = 0
+    state_dict['epoch'], start_batch = resume_position(state_dict['itr'], state_dict['epoch'],
+                                                       itrs_per_epoch, multiepoch)
     stopping = False
     while state_dict['epoch'] < config['num_epochs']:
         if not multiepoch:
@@ -419,56 +440,22 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
             state_dict['itr'] += 1
             itr = state_dict['itr']
             utils.seed_itr(config['seed'], itr)  # randomness per iteration: exact resume
-            G.train(), D.train()
-            if G_ema is not None:
-                G_ema.train()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if config['unconditional']:
-                y = torch.zeros_like(y)
-            if config['channels_last']:
-                x = x.contiguous(memory_format=torch.channels_last)
-            losses = train(x, y)
-
-            if itr % config['log_every'] == 0 or itr == 1:
-                values = {k: float(v) for k, v in losses.items()}  # the only host sync
-                train_fns.check_finite(values, itr, last_save)
-                if is_main:
-                    train_log.log(itr, **values)
-                    bar.set_postfix({k: f'{v:+.3f}' for k, v in values.items()}, refresh=False)
-            if is_main and config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
-                svs = {**(utils.get_SVs(G, 'G') if config['log_G_spectra'] else {}),
-                       **(utils.get_SVs(D, 'D') if config['log_D_spectra'] else {})}
-                if svs:
-                    train_log.log(itr, **svs)
+            nets.train()
+            losses = train(*to_device(x, y, config, device))
             if multiepoch:
                 state_dict['epoch'] = itr // itrs_per_epoch
             stopping = stop['signal'] is not None
-            saving = config['save_every'] > 0 and (itr % config['save_every'] == 0 or stopping)
-            if saving and is_main:
-                save()
-            if config['test_every'] > 0 and itr % config['test_every'] == 0:
-                eval_mode(True)
-                try:
-                    record = train_fns.test(G, D, G_ema, latents, state_dict, config, sample,
-                                            get_inception_metrics, name,
-                                            test_log if is_main else None, optims,
-                                            extra_state() if is_main else None, is_main)
-                except FloatingPointError as err:  # a best copy was refused: nothing written
-                    train_fns.stop_non_finite(str(err), itr, last_save)
-                if is_main:
-                    bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- "
-                              f"{record['IS_std']:.3f}, FID {record['FID']}")
-                eval_mode(False)
+            after_step(itr, losses, bar, stopping)
             if stopping:
                 bar.write(f"signal {stop['signal']}: exiting at iteration {itr}"
-                          + (', saved' if saving else ' (--save_every 0: not saved)'))
+                          + (', saved' if config['save_every'] > 0 else
+                             ' (--save_every 0: not saved)'))
                 break
         if multiepoch or stopping:  # one multi-epoch sampler pass covers every epoch
             break
         state_dict['epoch'] += 1
-    ended_unsaved = config['save_every'] > 0 and state_dict['itr'] % config['save_every']
-    if is_main and ended_unsaved and not stopping:
-        save()
+    if config['save_every'] > 0 and state_dict['itr'] % config['save_every'] and not stopping:
+        after_step.save()  # the end of training, between two saves
     if world_size > 1:
         dist.destroy_process_group()
     return state_dict

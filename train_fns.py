@@ -14,7 +14,6 @@ from typing import Callable, NoReturn, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 import utils
 
@@ -107,19 +106,63 @@ def _sync_unless_last(net: nn.Module, index: int, count: int):
 # ----------------------------------------------------------------------------------------
 
 
+@dataclass
+class Nets:
+    """G, D, the EMA copy of G and the two optimizers: what a checkpoint holds."""
+    G: nn.Module
+    D: nn.Module
+    G_ema: Optional[nn.Module]
+    G_optim: torch.optim.Optimizer
+    D_optim: torch.optim.Optimizer
+
+    def sampling_G(self, config: dict) -> nn.Module:
+        """The G to sample and test with: the EMA copy with --ema --use_ema, else G."""
+        return sampling_G(self.G, self.G_ema, config)
+
+    def train(self, mode: bool = True) -> None:
+        """Training (or eval) mode for G, D and G_ema."""
+        for net in (self.G, self.D, self.G_ema):
+            if net is not None:
+                net.train(mode)
+
+    @contextlib.contextmanager
+    def sampling_mode(self, eval_mode: bool):
+        """G and G_ema in eval mode inside the block if `eval_mode` (--G_eval_mode)."""
+        nets = [net for net in (self.G, self.G_ema) if net is not None and eval_mode]
+        for net in nets:
+            net.eval()
+        yield
+        for net in nets:
+            net.train()
+
+    def save(self, state_dict: dict, config: dict, *, name_suffix: Optional[str] = None,
+             extra: Optional[dict] = None, also_as: tuple[str, ...] = ()) -> str:
+        """Write the whole set to the run folder (see utils.save_weights)."""
+        return utils.save_weights(self.G, self.D, state_dict, config['weights_root'],
+                                  config['experiment_name'], name_suffix=name_suffix,
+                                  G_ema=self.G_ema if config['ema'] else None,
+                                  G_optim=self.G_optim, D_optim=self.D_optim, extra=extra,
+                                  also_as=also_as)
+
+
+def G_batch_size(config: dict) -> int:
+    """G's batch in the G step and in sampling: --G_batch_size, or --batch_size if 0."""
+    return config['G_batch_size'] or config['batch_size']
+
+
 def latent_batch_size(config: dict) -> int:
     """Latent rows an iteration draws per minibatch: D's batch_size fakes and G's
     G_batch_size, whichever is larger (as 2019 drew them)."""
-    return max(config['G_batch_size'] or config['batch_size'], config['batch_size'])
+    return max(G_batch_size(config), config['batch_size'])
 
 
-def GAN_training_function(G: nn.Module, D: nn.Module, GD: nn.Module,
-                          G_optim: torch.optim.Optimizer, D_optim: torch.optim.Optimizer,
-                          latents: utils.Latents, ema: Optional[utils.ema], state_dict: dict,
-                          config: dict, precision: Optional[Precision] = None,
+def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: dict, *,
+                          latents: utils.Latents, ema: Optional[utils.ema] = None,
+                          precision: Optional[Precision] = None,
                           G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None
                           ) -> Callable:
-    """Build `train(x, y) -> losses`: one BigGAN iteration (SPEC §3).
+    """Build `train(x, y) -> losses`: one BigGAN iteration, num_D_steps D steps of
+    num_D_accumulations minibatches, then one G step of num_G_accumulations, then the EMA.
 
     `x`, `y` hold batch_size * num_D_steps * num_D_accumulations real images and labels.
     `latents` draws `latent_batch_size(config)` rows: each D minibatch pits batch_size fakes
@@ -128,10 +171,11 @@ def GAN_training_function(G: nn.Module, D: nn.Module, GD: nn.Module,
     G_ddp / D_ddp are the DDP wrappers (if any) whose `no_sync` skips the all-reduce of
     all but the last accumulated minibatch.
     """
+    G, D, G_optim, D_optim = nets.G, nets.D, nets.G_optim, nets.D_optim
     precision = precision or Precision()
     loss_dis, loss_gen = LOSSES[config.get('loss', 'hinge')]
     bs = config['batch_size']
-    G_bs = config['G_batch_size'] or bs
+    G_bs = G_batch_size(config)
     shared_params = tuple(G.shared.parameters())  # ortho reg makes no sense on embeddings
 
     def train(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -200,10 +244,9 @@ def sampling_G(G: nn.Module, G_ema: Optional[nn.Module], config: dict) -> nn.Mod
     return G_ema if config['ema'] and config['use_ema'] and G_ema is not None else G
 
 
-def save_and_sample(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module],
-                    latents: utils.Latents, fixed_z: torch.Tensor, fixed_y: torch.Tensor,
-                    state_dict: dict, config: dict, experiment_name: str,
-                    optims: tuple, extra: Optional[dict] = None) -> None:
+def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
+                    fixed_z: torch.Tensor, fixed_y: torch.Tensor,
+                    extra: Optional[dict] = None) -> None:
     """Save the checkpoint and a rotating copy as one set, then a fixed-z grid, sheets and
     interps. Raises FloatingPointError, saving nothing, if a weight is NaN or inf."""
     copies = ()
@@ -212,54 +255,44 @@ def save_and_sample(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module],
         # The saved state already names the next copy: a resumed run rotates like the
         # uninterrupted one.
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
-    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None,
-                       G_ema if config['ema'] else None, *optims, extra=extra, also_as=copies)
-
-    with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
-        _write_samples(which_G, latents, fixed_z, fixed_y, state_dict, config, experiment_name)
+    nets.save(state_dict, config, extra=extra, also_as=copies)
+    with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
+        _write_samples(which_G, latents, fixed_z, fixed_y, state_dict, config)
 
 
 def _write_samples(which_G: nn.Module, latents: utils.Latents, fixed_z: torch.Tensor,
-                   fixed_y: torch.Tensor, state_dict: dict, config: dict,
-                   experiment_name: str) -> None:
+                   fixed_y: torch.Tensor, state_dict: dict, config: dict) -> None:
     """The fixed-z grid, class sheets and interpolation sheets of one save."""
     if config['accumulate_stats']:
         utils.accumulate_standing_stats(which_G, latents, config['num_standing_accumulations'])
-    root = os.path.join(config['samples_root'], experiment_name)
-    os.makedirs(root, exist_ok=True)
+    itr, name, root = state_dict['itr'], config['experiment_name'], config['samples_root']
     with torch.no_grad():
         fixed_Gz = which_G(fixed_z, which_G.shared(fixed_y))
-    torchvision.utils.save_image(fixed_Gz.float().cpu(),
-                                 os.path.join(root, f"fixed_samples{state_dict['itr']}.jpg"),
-                                 nrow=int(fixed_Gz.shape[0] ** 0.5), normalize=True,
-                                 value_range=(-1, 1))
-    device = fixed_z.device
+    utils.save_grid(fixed_Gz, os.path.join(root, name, f'fixed_samples{itr}.jpg'))
+    where = dict(num_classes=config['n_classes'], samples_root=root, experiment_name=name,
+                 folder_number=itr, device=fixed_z.device)
     utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
-                       num_classes=config['n_classes'], samples_per_class=10,
-                       samples_root=config['samples_root'], experiment_name=experiment_name,
-                       folder_number=state_dict['itr'], device=device)
+                       samples_per_class=10, **where)
     for fix_z, fix_y in ((False, False), (False, True), (True, False)):
-        utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8,
-                           num_classes=config['n_classes'], samples_root=config['samples_root'],
-                           experiment_name=experiment_name, folder_number=state_dict['itr'],
-                           fix_z=fix_z, fix_y=fix_y, device=device)
+        utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8, fix_z=fix_z,
+                           fix_y=fix_y, **where)
 
 
-def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.Latents,
-         state_dict: dict, config: dict, sample: Callable, get_inception_metrics: Callable,
-         experiment_name: str, test_log: Optional[utils.MetricsLogger], optims: tuple,
-         extra: Optional[dict] = None, is_main: bool = True) -> dict:
+def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
+         sample: Callable, get_inception_metrics: Callable,
+         test_log: Optional[utils.MetricsLogger] = None, extra: Optional[dict] = None,
+         is_main: bool = True) -> dict:
     """IS/FID of the sampling G; keep the `num_best_copies` best checkpoints; log to jsonl.
 
     Under DDP every rank calls this (each samples its share of the images); only the main
     rank saves and logs.
     """
-    with utils.preserved_buffers(sampling_G(G, G_ema, config)) as which_G:
+    with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(which_G, latents,
                                             config['num_standing_accumulations'])
         IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10, prints=False)
+                                                     num_splits=10)
     FID = None if FID is None else float(FID)  # None with --no_fid
     improved = (IS_mean > state_dict['best_IS'] if config['which_best'] == 'IS'
                 else FID is not None and FID < state_dict['best_FID'])
@@ -270,11 +303,119 @@ def test(G: nn.Module, D: nn.Module, G_ema: Optional[nn.Module], latents: utils.
     if FID is not None and math.isfinite(FID):
         state_dict['best_FID'] = min(state_dict['best_FID'], FID)
     if improved and is_main:
-        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f'best{best_num}', G_ema if config['ema'] else None, *optims,
-                           extra=extra)
+        nets.save(state_dict, config, name_suffix=f'best{best_num}', extra=extra)
     record = dict(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
                   FID=FID)
     if is_main:
         test_log.log(**record)
     return record
+
+
+class AfterStep:
+    """What the loop does after each iteration: log losses (--log_every) and singular values
+    (--sv_log_interval), save and sample (--save_every, and on a stop signal), test IS/FID
+    (--test_every). Only the main rank writes; every rank samples its share of a test."""
+
+    def __init__(self, nets: Nets, state_dict: dict, config: dict, *,
+                 precision: Precision, latents: utils.Latents,
+                 get_inception_metrics: Optional[Callable], is_main: bool, resumed: bool):
+        self.nets, self.state_dict, self.config = nets, state_dict, config
+        self.precision, self.latents, self.is_main = precision, latents, is_main
+        self.get_inception_metrics = get_inception_metrics
+        fixed = utils.Latents(config['G_batch_size'], nets.G.dim_z, config['n_classes'],
+                              latents.z.device, config['z_var'])
+        self.fixed_z, self.fixed_y = (t.clone() for t in fixed.sample_())  # for every save
+        self.run_dir = os.path.join(config['weights_root'], config['experiment_name'])
+        self.last_save = self._where() if resumed else 'none yet'
+        self.test_log = self.train_log = None
+        if is_main:
+            self._open_logs()
+
+    def _where(self) -> str:
+        return f"{self.run_dir} (iteration {self.state_dict['itr']})"
+
+    def _open_logs(self) -> None:
+        """The run's first writes: config.json, the jsonl test log and per-series train logs
+        (a resumed run drops what a killed run logged after its last checkpoint)."""
+        config, name, itr = self.config, self.config['experiment_name'], self.state_dict['itr']
+        utils.save_config(config, os.path.join(self.run_dir, 'config.json'))
+        self.test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
+                                            reinitialize=not config['resume'])
+        self.train_log = utils.MyLogger(os.path.join(config['logs_root'], name),
+                                        reinitialize=not config['resume'],
+                                        logstyle=config['logstyle'])
+        if config['resume']:
+            self.test_log.truncate_after(itr)
+            self.train_log.truncate_after(itr)
+
+    def __call__(self, itr: int, losses: dict, bar, stopping: bool) -> None:
+        config = self.config
+        if itr % config['log_every'] == 0 or itr == 1:
+            self.log_losses(itr, losses, bar)
+        if config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
+            self.log_spectra(itr)
+        if config['save_every'] > 0 and (itr % config['save_every'] == 0 or stopping):
+            self.save()
+        if config['test_every'] > 0 and itr % config['test_every'] == 0:
+            self.test(bar)
+
+    def log_losses(self, itr: int, losses: dict, bar) -> None:
+        """Log the losses, stopping a run whose losses went NaN/inf (the only host sync)."""
+        values = {k: float(v) for k, v in losses.items()}
+        check_finite(values, itr, self.last_save)
+        if self.is_main:
+            self.train_log.log(itr, **values)
+            bar.set_postfix({k: f'{v:+.3f}' for k, v in values.items()}, refresh=False)
+
+    def log_spectra(self, itr: int) -> None:
+        """Log G's and/or D's singular values (--log_G_spectra, --log_D_spectra)."""
+        if not self.is_main:
+            return
+        svs = {**(utils.get_SVs(self.nets.G, 'G') if self.config['log_G_spectra'] else {}),
+               **(utils.get_SVs(self.nets.D, 'D') if self.config['log_D_spectra'] else {})}
+        if svs:
+            self.train_log.log(itr, **svs)
+
+    def extra_state(self) -> dict:
+        """What a checkpoint saves beyond weights: RNG states and fp16 gradient scalers."""
+        extra = {'rng': utils.rng_state()}
+        for key in ('G_scaler', 'D_scaler'):
+            if getattr(self.precision, key) is not None:
+                extra[key] = getattr(self.precision, key).state_dict()
+        return extra
+
+    def save(self) -> None:
+        """Checkpoint and sample sheets (main rank); a non-finite weight stops the run."""
+        if not self.is_main:
+            return
+        try:
+            with self.nets.sampling_mode(self.config['G_eval_mode']):
+                save_and_sample(self.nets, self.state_dict, self.config,
+                                          latents=self.latents, fixed_z=self.fixed_z,
+                                          fixed_y=self.fixed_y, extra=self.extra_state())
+        except FloatingPointError as err:  # nothing was written
+            stop_non_finite(str(err), self.state_dict['itr'], self.last_save)
+        self.last_save = self._where()
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of test samples from the sampling G, with their labels."""
+        which_G = self.nets.sampling_G(self.config)
+        with torch.no_grad():
+            z, y = self.latents.sample_()
+            return which_G(z, which_G.shared(y)), y
+
+    def test(self, bar) -> None:
+        """IS/FID, keeping the best checkpoints; a non-finite best copy stops the run."""
+        itr = self.state_dict['itr']
+        try:
+            with self.nets.sampling_mode(self.config['G_eval_mode']):
+                record = test(
+                    self.nets, self.state_dict, self.config, latents=self.latents,
+                    sample=self.sample, get_inception_metrics=self.get_inception_metrics,
+                    test_log=self.test_log, extra=self.extra_state() if self.is_main else None,
+                    is_main=self.is_main)
+        except FloatingPointError as err:  # a best copy was refused: nothing written
+            stop_non_finite(str(err), itr, self.last_save)
+        if self.is_main:
+            bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}, "
+                      f"FID {record['FID']}")

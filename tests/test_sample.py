@@ -13,7 +13,7 @@ from scipy import stats
 import sample
 import train
 import utils
-from conftest import shared_file
+from helpers import shared_file
 
 NAME = 'tiny'
 TRAIN_FLAGS = ['--dataset', 'C10', '--G_ch', '4', '--D_ch', '4', '--G_attn', '0', '--D_attn', '0',
@@ -78,7 +78,7 @@ def test_npz_matches_G_ema_outputs(base, monkeypatch):
     with torch.no_grad():
         for _ in range(3):  # 8 + 8 + 4 of a third batch
             z, y = latents.sample_()
-            images.append(sample.to_uint8(G(z, G.shared(y))).numpy())
+            images.append(utils.to_uint8(G(z, G.shared(y))).numpy())
             labels.append(y.numpy().copy())
     expected_x, expected_y = np.concatenate(images)[:20], np.concatenate(labels)[:20]
     assert len(set(map(tuple, np.split(expected_y[:16], 2)))) == 2  # batches differ
@@ -114,7 +114,8 @@ def test_sheets_interps_random(base):
 @pytest.mark.parametrize('t', [0.5, 2.0])
 def test_truncated_latents_follow_the_truncated_normal(t):
     torch.manual_seed(0)
-    z = sample.TruncatedLatents(400, 50, 10, torch.device('cpu'), t).sample_()[0].flatten()
+    latents = sample.TruncatedLatents(400, 50, 10, torch.device('cpu'), truncation=t)
+    z = latents.sample_()[0].flatten()
     assert z.abs().max() <= t
     ks = stats.kstest(z.numpy(), stats.truncnorm(-t, t).cdf)
     assert ks.statistic < 0.015  # 20,000 draws: a wrong law (e.g. clamped, scaled) is far off
@@ -176,10 +177,10 @@ def test_truncation_applies_to_npz_sheets_interps_and_metrics(base, tmp_path, mo
     G = sample.load_generator(done['config'], tmp_path / 'weights' / NAME / 'G_ema.pth',
                               torch.device('cpu'))
     utils.seed_rng(done['config']['seed'])  # replay: z truncated at 0.5
-    z, y = sample.TruncatedLatents(8, G.dim_z, 10, torch.device('cpu'), 0.5).sample_()
+    z, y = sample.TruncatedLatents(8, G.dim_z, 10, torch.device('cpu'), truncation=0.5).sample_()
     assert z.abs().max() <= 0.5
     with torch.no_grad():
-        expected = sample.to_uint8(G(z, G.shared(y))).numpy()
+        expected = utils.to_uint8(G(z, G.shared(y))).numpy()
     with np.load(done['npz']) as f:
         np.testing.assert_array_equal(f['y'], y.numpy())
         assert np.abs(f['x'].astype(int) - expected).max() <= 1
@@ -317,9 +318,9 @@ def test_write_npz_removes_its_tmp_file_when_it_fails(tmp_path, failure):
             raise failure
         return torch.zeros(4, 3, 8, 8), torch.arange(4)
     with pytest.raises(type(failure)):
-        sample.write_npz(str(path), draw, 10)
+        utils.write_npz(str(path), draw, 10)
     assert len(calls) == 3 and path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['samples.npz']
     with pytest.raises(ValueError, match='at least 1'):
-        sample.write_npz(str(tmp_path / 'empty.npz'), draw, 0)
+        utils.write_npz(str(tmp_path / 'empty.npz'), draw, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['samples.npz']

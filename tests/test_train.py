@@ -16,7 +16,7 @@ import torch
 import train
 import train_fns
 import utils
-from conftest import ROOT, shared_file
+from helpers import ROOT, shared_file
 
 TINY_FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
               '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4',
@@ -485,14 +485,14 @@ def test_a_run_gone_non_finite_between_loss_checks_keeps_only_finite_checkpoints
     the checkpoints stay those of iteration 5, and the error names that one."""
     make_train = train_fns.GAN_training_function
 
-    def poisoned(G, D, GD, G_optim, D_optim, latents, ema, state_dict, *args, **kwargs):
-        step = make_train(G, D, GD, G_optim, D_optim, latents, ema, state_dict, *args, **kwargs)
+    def poisoned(nets, GD, state_dict, *args, **kwargs):
+        step = make_train(nets, GD, state_dict, *args, **kwargs)
 
         def train_step(x, y):
             losses = step(x, y)
             if state_dict['itr'] == 7:
                 with torch.no_grad():
-                    G.linear.weight[0, 0] = float('nan')
+                    nets.G.linear.weight[0, 0] = float('nan')
             return losses
         return train_step
     monkeypatch.setattr(train_fns, 'GAN_training_function', poisoned)

@@ -1,4 +1,4 @@
-"""Tests of train_fns.py and the regularisers/EMA in utils.py: the step obeys SPEC §3."""
+"""Tests of train_fns.py and utils' regularisers/EMA: the step as the paper and 2019 code run it."""
 import copy
 import traceback
 
@@ -82,7 +82,7 @@ def test_ema_follows_decay_and_is_pegged_before_start():
 
 
 def _reference_iteration(G, D, G_optim, D_optim, x, y, z, zy, config):
-    """One iteration written out by hand from SPEC §3, for comparison."""
+    """One training iteration as the paper and 2019 code define it, by hand, for comparison."""
     bs = config['batch_size']
     D_optim.zero_grad()
     with torch.no_grad():
@@ -114,8 +114,9 @@ def test_one_iteration_updates_G_D_and_ema_as_the_formulas_say():
     ema = utils.ema(G, G_ema, decay=0.9, start_itr=0)
     ema_before = copy.deepcopy(G_ema.state_dict())
     state = {'itr': 1}
-    train = train_fns.GAN_training_function(G, D, BigGAN.G_D(G, D), G_optim, D_optim,
-                                            FixedLatents(z, zy, 4), ema, state, config)
+    nets = train_fns.Nets(G, D, None, G_optim, D_optim)
+    train = train_fns.GAN_training_function(nets, BigGAN.G_D(G, D), state, config,
+                                            latents=FixedLatents(z, zy, 4), ema=ema)
     losses = train(x, y)
     _reference_iteration(G_ref, D_ref, adam(G_ref), adam(D_ref), x, y, z, zy, config)
 
@@ -147,9 +148,9 @@ def test_gradient_accumulation_equals_one_large_batch(k):
         config = step_config(batch_size=batch, G_batch_size=batch, num_D_accumulations=acc,
                              num_G_accumulations=acc, D_param='ortho', ema=False)
         opt = [torch.optim.SGD(net.parameters(), lr=1e-3) for net in (G, D)]
-        train = train_fns.GAN_training_function(G, D, BigGAN.G_D(G, D), *opt,
-                                                FixedLatents(z, zy, batch), None, {'itr': 1},
-                                                config)
+        train = train_fns.GAN_training_function(train_fns.Nets(G, D, None, *opt),
+                                                BigGAN.G_D(G, D), {'itr': 1}, config,
+                                                latents=FixedLatents(z, zy, batch))
         train(x, y)
         results.append((G, D))
     (G_a, D_a), (G_b, D_b) = results
@@ -167,9 +168,9 @@ def test_ortho_reg_in_the_step_skips_the_shared_embedding():
     G, D = BigGAN.Generator(**TINY), BigGAN.Discriminator(**TINY)
     shared_before = G.shared.weight.detach().clone()
     opt = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (G, D)]
-    train = train_fns.GAN_training_function(G, D, BigGAN.G_D(G, D), *opt,
-                                            utils.Latents(4, G.dim_z, 3), None, {'itr': 1},
-                                            config)
+    train = train_fns.GAN_training_function(train_fns.Nets(G, D, None, *opt),
+                                            BigGAN.G_D(G, D), {'itr': 1}, config,
+                                            latents=utils.Latents(4, G.dim_z, 3))
     train(torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)))
     w = G.linear.weight.detach().view(G.linear.weight.shape[0], -1)
     gram = w @ w.t()
@@ -199,8 +200,9 @@ def test_bf16_step_runs_and_keeps_fp32_weights():
     G, D = BigGAN.Generator(**TINY), BigGAN.Discriminator(**TINY)
     opt = [torch.optim.Adam(net.parameters(), lr=1e-4) for net in (G, D)]
     train = train_fns.GAN_training_function(
-        G, D, BigGAN.G_D(G, D), *opt, utils.Latents(4, G.dim_z, 3), None, {'itr': 1}, config,
-        train_fns.Precision.from_config('bf16', torch.device('cpu')))
+        train_fns.Nets(G, D, None, *opt), BigGAN.G_D(G, D), {'itr': 1}, config,
+        latents=utils.Latents(4, G.dim_z, 3),
+        precision=train_fns.Precision.from_config('bf16', torch.device('cpu')))
     losses = train(torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)))
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(p.dtype == torch.float32 for p in G.parameters())
@@ -237,9 +239,9 @@ def test_the_whole_iteration_makes_no_host_syncs(amp):
     optims = [torch.optim.Adam(net.parameters(), lr=1e-4) for net in (G, D)]
     state = {'itr': 1}
     train = train_fns.GAN_training_function(
-        G, D, BigGAN.G_D(G, D), *optims, utils.Latents(4, G.dim_z, 3),
-        utils.ema(G, G_ema, 0.9, 0), state, config,
-        train_fns.Precision.from_config(amp, torch.device('cpu')))
+        train_fns.Nets(G, D, G_ema, *optims), BigGAN.G_D(G, D), state, config,
+        latents=utils.Latents(4, G.dim_z, 3), ema=utils.ema(G, G_ema, 0.9, 0),
+        precision=train_fns.Precision.from_config(amp, torch.device('cpu')))
     x, y = torch.rand(16, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (16,))
     train(x, y)  # creates Adam's state
     adam_steps = {o.state[p]['step'].data_ptr() for o in optims for p in o.state}
