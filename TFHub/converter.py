@@ -40,8 +40,8 @@ TF conv `w` is HWIO (ours OIHW).
 Unverified without TensorFlow here: the `1 + gamma` convention, that accumulated_var sums
 variances, where CrossReplicaBN sits in a GBlock, and that u0 has no EMA twin. The converter
 and `dump_tf_variables` (our G -> TF names) are exact inverses under these assumptions,
-and mismatching names or shapes are reported by name. The output BN keeps eps 1e-5
-(SPEC §2), while TF may use 1e-4 there: a negligible difference in the samples.
+and mismatching names or shapes are reported by name. The output BN keeps eps 1e-5 (as the
+2019 checkpoints were trained), while TF may use 1e-4 there: a negligible difference in samples.
 """
 from __future__ import annotations
 
@@ -243,11 +243,9 @@ def _report(config: dict, ema: bool, missing: dict, wrong: list, unexpected: lis
         lines += [f'    {n}  shape {tuple(np.shape(variables[n]))}' for n in unexpected]
     raw_twins = [n.replace(f'/{EMA_SUFFIX}:0', ':0') for n in missing if EMA_SUFFIX in n]
     if ema and raw_twins and all(n in variables for n in raw_twins):
-        lines.append('  hint: the EMA twins are missing but the raw weights are there: '
-                     'use --no_ema')
+        lines.append('  hint: the EMA twins are missing, the raw weights are there: use --no_ema')
     if wrong:
-        lines.append('  hint: check --resolution (128, 256 and 512 differ in dim_z and '
-                     'attention)')
+        lines.append('  hint: check --resolution (128, 256 and 512 differ in dim_z, attention)')
     return '\n'.join(lines)
 
 
@@ -299,19 +297,17 @@ def tf_variables(G: BigGAN.Generator, raw: Optional[BigGAN.Generator] = None
     G's weights go under the EMA names and `raw`'s (default G) under the raw names; u0 and
     the BN statistics, which TF keeps once, come from G (as sums with a counter of 1).
     """
-    state = {k: v.detach().cpu().float().numpy() for k, v in G.state_dict().items()}
-    raw_state = state if raw is None else {
-        k: v.detach().cpu().float().numpy() for k, v in raw.state_dict().items()}
+    state, raw_state = ({k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
+                        for net in (G, G if raw is None else raw))
     bad = [k for k in state if k not in raw_state or raw_state[k].shape != state[k].shape]
     if bad:
         raise ConversionError(f'raw G does not match G at {bad}')
     layout, out = Layouts(G), {}
     for e in variable_map(G):
-        for n, a in zip(e.tf, layout.to_tf(e.kind, state[e.key])):
-            out[tf_name(n, e.ema)] = a
-        if e.ema:
-            for n, a in zip(e.tf, layout.to_tf(e.kind, raw_state[e.key])):
-                out[tf_name(n, False)] = a
+        # An EMA'd variable is written twice: G under the EMA name, raw under the plain one.
+        for source, ema in [(state, e.ema)] + ([(raw_state, False)] if e.ema else []):
+            out.update((tf_name(n, ema), a)
+                       for n, a in zip(e.tf, layout.to_tf(e.kind, source[e.key])))
     return out
 
 
@@ -423,10 +419,8 @@ def sample_check(G: BigGAN.Generator, path: Union[str, Path], num: int = 16,
 
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(num, G.dim_z, generator=gen)
-    bad = z.abs() > 2
-    while bad.any():
+    while (bad := z.abs() > 2).any():
         z[bad] = torch.randn(int(bad.sum()), generator=gen)
-        bad = z.abs() > 2
     y = torch.randint(0, G.n_classes, (num,), generator=gen)
     device = next(G.parameters()).device
     with torch.no_grad():

@@ -4,10 +4,14 @@ Replaces the MATLAB scripts of the 2019 release. Reads what train.py writes unde
 `--logs_root`: `<exp>/{G_loss,D_loss_real,D_loss_fake}.log` and the `*sv*.log` files
 (lines `itr: value`), and `<exp>_log.jsonl` (one test per line: itr, IS_mean, IS_std, FID).
 
-    python logs/plot_logs.py --logs_root logs --experiment_name demo --smooth 20
+    python logs/plot_logs.py --logs_root logs --experiment_name demo
 
 writes `losses.png`, `IS_FID.png`, `G_SVs.png` / `D_SVs.png` into `--out` (default
 `<logs_root>/<exp>/plots/`) and prints their paths; plots whose logs are absent are skipped.
+The loss plot has a D panel (real and fake) and a G panel: each raw series is drawn faint
+under a centred moving average (`--smooth` points, by default 1/50 of the run), and each
+panel's y-range spans the 1st-99th percentile of its data plus a margin, so a start-up
+spike of a few log lines does not flatten the rest (the panel notes how many points it cuts).
 """
 import argparse
 import glob
@@ -16,13 +20,15 @@ import math
 import os
 from typing import Optional
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-LOSS_NAMES = ('G_loss', 'D_loss_real', 'D_loss_fake')
+# Loss panels: title and the series drawn in it, with their colours.
+LOSS_PANELS = (('D losses', (('D_loss_real', 'tab:blue'), ('D_loss_fake', 'tab:orange'))),
+               ('G loss', (('G_loss', 'tab:green'),)))
+PERCENTILES = (1, 99)  # the y-range of a loss panel, before the margin
+MARGIN = 0.1           # fraction of that range added above and below
 
 
 def read_log(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,31 +50,86 @@ def read_jsonl(path: str) -> list[dict]:
     return sorted(records, key=lambda r: r.get('itr', 0))
 
 
-def moving_average(values: np.ndarray, n: int) -> np.ndarray:
-    """Trailing mean over up to `n` points (shorter at the start), same length as `values`."""
-    if n <= 1 or len(values) == 0:
+def auto_window(n: int) -> int:
+    """Default smoothing window for n logged points: about 1/50 of the series, at least 1."""
+    return max(1, n // 50)
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over `window` points (made odd; fewer at the ends), same length."""
+    values = np.asarray(values, dtype=float)
+    if window <= 1 or len(values) < 2:
         return values
-    csum = np.cumsum(np.insert(values, 0, 0.0))
-    idx = np.arange(1, len(values) + 1)
-    lo = np.maximum(idx - n, 0)
-    return (csum[idx] - csum[lo]) / (idx - lo)
+    half = window // 2
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    idx = np.arange(len(values))
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, len(values))
+    return (csum[hi] - csum[lo]) / (hi - lo)
 
 
-def plot_losses(run_dir: str, out_dir: str, smooth: int) -> Optional[str]:
-    """G and D losses against iterations; None when no loss log exists."""
-    paths = {name: os.path.join(run_dir, f'{name}.log') for name in LOSS_NAMES}
-    paths = {name: p for name, p in paths.items() if os.path.exists(p)}
-    if not paths:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, path in paths.items():
-        itrs, values = read_log(path)
-        ax.plot(itrs, moving_average(values, smooth), label=name, linewidth=1)
-    title = 'Training losses' + (f' (moving average over {smooth} logs)' if smooth > 1 else '')
-    ax.set(xlabel='iteration', ylabel='loss', title=title)
-    ax.legend()
+def robust_ylim(values: np.ndarray) -> tuple[float, float]:
+    """PERCENTILES of the finite values widened by MARGIN (never an empty range)."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return -1.0, 1.0
+    # 'higher'/'lower' take data points: a lone spike in a short series cannot leak in.
+    lo = float(np.percentile(values, PERCENTILES[0], method='higher'))
+    hi = float(np.percentile(values, PERCENTILES[1], method='lower'))
+    pad = MARGIN * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+    return lo - pad, hi + pad
+
+
+def _loss_panel(ax: Axes, title: str, series: dict[str, tuple[np.ndarray, np.ndarray, str]],
+                smooth_window: int) -> None:
+    """Raw series faint, smoothed on top, y-range robust to spikes, off-scale count noted."""
+    for name, (itrs, values, color) in series.items():
+        ok = np.isfinite(values)
+        window = smooth_window or auto_window(int(ok.sum()))
+        ax.plot(itrs[ok], values[ok], color=color, alpha=0.25, linewidth=0.6)
+        ax.plot(itrs[ok], smooth(values[ok], window), color=color, linewidth=1.6, zorder=3,
+                label=name if window <= 1 else f'{name}, mean of {window // 2 * 2 + 1} logs')
+    values = np.concatenate([v for _, v, _ in series.values()])
+    lo, hi = robust_ylim(values)
+    ax.set_ylim(lo, hi)
+    cut = int(np.sum(~np.isfinite(values) | (values < lo) | (values > hi)))
+    if cut:
+        ax.text(0.99, 0.97, f'{cut} of {len(values)} points off-scale', ha='right', va='top',
+                fontsize='small', color='0.4', transform=ax.transAxes)
+    ax.set(ylabel='loss', title=title)
+    ax.legend(loc='upper left', fontsize='small')
     ax.grid(alpha=0.3)
-    return _save(fig, os.path.join(out_dir, 'losses.png'))
+
+
+def loss_figure(run_dir: str, smooth_window: int = 0) -> Optional[Figure]:
+    """D (real, fake) and G losses in two panels; None when no loss log exists.
+
+    `smooth_window` is the moving-average width in log lines; 0 picks it per series.
+    """
+    panels = []
+    for title, names in LOSS_PANELS:
+        series = {}
+        for name, color in names:
+            path = os.path.join(run_dir, f'{name}.log')
+            if os.path.exists(path):
+                series[name] = (*read_log(path), color)
+        if series:
+            panels.append((title, series))
+    if not panels:
+        return None
+    fig = Figure(figsize=(10, 3.6 * len(panels)), layout='constrained')
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, series) in zip(axes, panels):
+        _loss_panel(ax, title, series, smooth_window)
+    axes[-1].set_xlabel('iteration')
+    lo, hi = PERCENTILES
+    fig.suptitle(f'Training losses (faint: raw; y-range: percentiles {lo}-{hi} + margin)')
+    return fig
+
+
+def plot_losses(run_dir: str, out_dir: str, smooth_window: int = 0) -> Optional[str]:
+    """Write `losses.png` (see `loss_figure`); None when no loss log exists."""
+    fig = loss_figure(run_dir, smooth_window)
+    return None if fig is None else _save(fig, os.path.join(out_dir, 'losses.png'))
 
 
 def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
@@ -84,7 +145,8 @@ def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
     # FID is null with --no_fid (and may be non-finite); those tests get no FID point.
     fid = [(r['itr'], r['FID']) for r in records
            if r.get('FID') is not None and math.isfinite(r['FID'])]
-    fig, (ax_is, ax_fid) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5), layout='constrained')
+    ax_is, ax_fid = fig.subplots(1, 2)
     ax_is.errorbar(itrs, IS_mean, yerr=IS_std, marker='o', capsize=3)
     ax_is.set(xlabel='iteration', ylabel='IS', title='Inception Score')
     if fid:
@@ -104,7 +166,8 @@ def plot_svs(run_dir: str, out_dir: str, prefix: str) -> Optional[str]:
                    if 'sv' in os.path.basename(p))
     if not paths:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout='constrained')
+    ax = fig.subplots()
     for path in paths:
         itrs, values = read_log(path)
         label = os.path.basename(path)[len(prefix) + 1:-len('.log')]
@@ -116,16 +179,14 @@ def plot_svs(run_dir: str, out_dir: str, prefix: str) -> Optional[str]:
     return _save(fig, os.path.join(out_dir, f'{prefix}_SVs.png'))
 
 
-def _save(fig: plt.Figure, path: str) -> str:
-    """Write a figure as PNG, close it, return the path."""
-    fig.tight_layout()
+def _save(fig: Figure, path: str) -> str:
+    """Write a figure as PNG (Agg, no pyplot state to close) and return the path."""
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_run(logs_root: str, experiment_name: str, out_dir: Optional[str] = None,
-             smooth: int = 1) -> list[str]:
+             smooth_window: int = 0) -> list[str]:
     """Write every plot the run's logs allow; returns the PNG paths written."""
     run_dir = os.path.join(logs_root, experiment_name)
     jsonl_path = os.path.join(logs_root, f'{experiment_name}_log.jsonl')
@@ -136,7 +197,7 @@ def plot_run(logs_root: str, experiment_name: str, out_dir: Optional[str] = None
     out_dir = out_dir or os.path.join(run_dir, 'plots')
     os.makedirs(out_dir, exist_ok=True)
     plots = {
-        'losses': lambda: plot_losses(run_dir, out_dir, smooth),
+        'losses': lambda: plot_losses(run_dir, out_dir, smooth_window),
         'IS/FID': lambda: plot_metrics(jsonl_path, out_dir),
         'G singular values': lambda: plot_svs(run_dir, out_dir, 'G'),
         'D singular values': lambda: plot_svs(run_dir, out_dir, 'D'),
@@ -158,8 +219,9 @@ def main() -> None:
     parser.add_argument('--experiment_name', required=True, help='the run to plot')
     parser.add_argument('--out', default=None,
                         help='folder for the PNGs (default <logs_root>/<exp>/plots)')
-    parser.add_argument('--smooth', type=int, default=1,
-                        help='moving-average window over loss log lines (1: raw)')
+    parser.add_argument('--smooth', type=int, default=0,
+                        help='moving-average window in loss log lines (0: 1/50 of the run, '
+                             '1: raw only)')
     args = parser.parse_args()
     try:
         paths = plot_run(args.logs_root, args.experiment_name, args.out, args.smooth)

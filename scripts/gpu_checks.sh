@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks of issue 7, as one prepared run on one GPU (results under $OUT):
+# GPU checks of the bf16 and compile work, as one prepared run on one GPU (results under $OUT):
 #  1. bench.py on BigGAN-128 ch96, batch 256: fp32 and bf16 (+channels_last), then +compile;
 #     models are built on the GPU, so each mode's set-up takes seconds, not minutes;
 #  2. fp32 vs bf16 loss curves: train.py for 300 iterations on the 64x64 demo data, both runs

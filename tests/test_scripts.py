@@ -1,6 +1,4 @@
-"""Tests for scripts/ (2019 launchers parse with our flags, same values) and logs/plot_logs.py."""
-import importlib.util
-import json
+"""Tests for scripts/: the 2019 launchers parse with our flags and keep their values."""
 import os
 import re
 import shlex
@@ -9,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import utils
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPTS = ROOT / 'scripts'
 # The 2019 launchers (the demo launcher runs several commands; tested on its own below).
@@ -54,7 +52,7 @@ def diff(a: dict, b: dict) -> set[str]:
 
 
 def test_launchers_present():
-    """Every 2019 launcher of SPEC §11 is in scripts/."""
+    """Every launcher of the 2019 release is in scripts/."""
     names = {p.name for p in LAUNCHERS}
     assert names >= {'launch_BigGAN_bs256x8.sh', 'launch_BigGAN_bs512x4.sh',
                      'launch_BigGAN_ch64_bs256x8.sh', 'launch_BigGAN_deep.sh',
@@ -110,7 +108,7 @@ def test_bs256x8_values():
 
 
 def test_variants_differ_only_where_spec_says():
-    """bs512x4, ch64 and deep are the bs256x8 set with exactly SPEC §11's changes."""
+    """bs512x4, ch64 and deep are the bs256x8 set with exactly the 2019 launchers' changes."""
     base = parse_script(SCRIPTS / 'launch_BigGAN_bs256x8.sh')
     bs512 = parse_script(SCRIPTS / 'launch_BigGAN_bs512x4.sh')
     assert diff(base, bs512) == {'batch_size', 'num_G_accumulations', 'num_D_accumulations'}
@@ -160,87 +158,11 @@ def test_imagenet_launchers_train_at_least_the_2019_length(path):
 
 
 def test_prepare_data_flags():
-    """prepare_data.sh packs I128 then computes its moments, with SPEC §11's flags."""
+    """prepare_data.sh packs I128 then computes its moments, with the 2019 script's flags."""
     commands = script_commands(SCRIPTS / 'utils' / 'prepare_data.sh')
     assert commands == [
         ['make_hdf5.py', '--dataset', 'I128', '--batch_size', '256', '--data_root', 'data'],
         ['calculate_inception_moments.py', '--dataset', 'I128_hdf5', '--data_root', 'data']]
-
-
-# ----------------------------------------------------------------------------------------
-# logs/plot_logs.py
-# ----------------------------------------------------------------------------------------
-
-def _load_plot_logs():
-    """Import logs/plot_logs.py by path (logs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location('plot_logs', ROOT / 'logs' / 'plot_logs.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-plot_logs = _load_plot_logs()
-
-
-def _write_logs(root: Path, exp: str) -> None:
-    """Synthetic logs in the layout train.py writes."""
-    run = root / exp
-    run.mkdir(parents=True)
-    for name, offset in (('G_loss', 1.0), ('D_loss_real', 0.5), ('D_loss_fake', 0.4)):
-        (run / f'{name}.log').write_text(
-            ''.join(f'{i}: {offset + 0.1 * (i % 7):3.3e}\n' for i in range(1, 201)))
-    for layer in ('blocks_0_0_conv1_sv0', 'linear_sv0'):
-        for net in ('G', 'D'):
-            (run / f'{net}_{layer}.log').write_text(
-                ''.join(f'{i}: {1 + i / 100:3.3e}\n' for i in range(10, 201, 10)))
-    records = [dict(itr=50, IS_mean=2.0, IS_std=0.1, FID=None, _stamp=0.0),
-               dict(itr=100, IS_mean=3.0, IS_std=0.2, FID=80.0, _stamp=1.0),
-               dict(itr=150, IS_mean=3.5, IS_std=0.1, FID=70.0, _stamp=2.0)]
-    (root / f'{exp}_log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
-
-
-def test_moving_average():
-    """Trailing mean over n points, shorter windows at the start."""
-    out = plot_logs.moving_average(plot_logs.np.array([1.0, 3.0, 5.0, 7.0]), 2)
-    assert out.tolist() == [1.0, 2.0, 4.0, 6.0]
-
-
-def test_plot_logs_writes_pngs(tmp_path, capsys, monkeypatch):
-    """Losses, IS/FID and both SV plots are written as non-empty PNGs and printed."""
-    _write_logs(tmp_path / 'logs', 'exp')
-    out = tmp_path / 'plots'
-    monkeypatch.setattr('sys.argv', ['plot_logs.py', '--logs_root', str(tmp_path / 'logs'),
-                                     '--experiment_name', 'exp', '--out', str(out),
-                                     '--smooth', '5'])
-    plot_logs.main()
-    printed = capsys.readouterr().out.split()
-    names = ('losses.png', 'IS_FID.png', 'G_SVs.png', 'D_SVs.png')
-    assert printed == [str(out / n) for n in names]
-    for name in names:
-        data = (out / name).read_bytes()
-        assert data.startswith(b'\x89PNG') and len(data) > 1000
-
-
-def test_plot_logs_skips_absent(tmp_path, capsys):
-    """A run with only a metrics log gets the IS/FID plot and a note for each other plot."""
-    (tmp_path / 'exp_log.jsonl').write_text(json.dumps(dict(itr=10, IS_mean=1.5, IS_std=0.1,
-                                                            FID=None)) + '\n')
-    paths = plot_logs.plot_run(str(tmp_path), 'exp', str(tmp_path / 'out'))
-    assert [os.path.basename(p) for p in paths] == ['IS_FID.png']
-    notes = capsys.readouterr().out
-    assert 'skipped losses' in notes and 'skipped G singular values' in notes
-
-
-def test_plot_logs_missing_experiment(tmp_path, capsys, monkeypatch):
-    """No logs at all: a clear error naming the experiment and exit status 1."""
-    with pytest.raises(FileNotFoundError, match="no logs for experiment 'nope'"):
-        plot_logs.plot_run(str(tmp_path), 'nope')
-    monkeypatch.setattr('sys.argv', ['plot_logs.py', '--logs_root', str(tmp_path),
-                                     '--experiment_name', 'nope'])
-    with pytest.raises(SystemExit) as exc:
-        plot_logs.main()
-    assert exc.value.code == 1
-    assert "no logs for experiment 'nope'" in capsys.readouterr().err
 
 
 def test_demo_launcher_commands_parse():

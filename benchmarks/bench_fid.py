@@ -6,12 +6,14 @@ code and the TF FID code use, `tr(sqrtm(s1 @ s2))` by `scipy.linalg.sqrtm`; prin
 best and median time of each, the speed-ups and the relative difference of the FIDs.
 
 Example:
-    python bench_fid.py --dim 2048 --repeats 5 --ref_repeats 3
+    python benchmarks/bench_fid.py --dim 2048 --repeats 5 --ref_repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -19,7 +21,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from inception_utils import numpy_calculate_frechet_distance, torch_calculate_frechet_distance
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import metrics  # noqa: E402
 
 
 def scipy_frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
@@ -65,6 +68,7 @@ def report(name: str, times: list[float], ref_times: list[float] | None = None) 
 
 
 def main() -> None:
+    """Time the reference and ours on two random 2048-d moments; print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dim', type=int, default=2048, help='feature dimension')
     parser.add_argument('--samples', type=int, default=4096,
@@ -79,7 +83,7 @@ def main() -> None:
           f'torch threads {torch.get_num_threads()}')
 
     fns = {'ref': lambda: scipy_frechet_distance(mu1, sigma1, mu2, sigma2),
-           'cpu': lambda: numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)}
+           'cpu': lambda: metrics.numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)}
     out = timed(fns, {'ref': args.ref_repeats, 'cpu': args.repeats})
     (ref, ref_times), (ours, times) = out['ref'], out['cpu']
     report('scipy sqrtm reference', ref_times)
@@ -90,8 +94,8 @@ def main() -> None:
     if torch.cuda.is_available():
         dev = torch.device('cuda')
         tensors = [torch.as_tensor(t, device=dev) for t in (mu1, sigma1, mu2, sigma2)]
-        gpu, gpu_times = timed({'gpu': lambda: torch_calculate_frechet_distance(*tensors)},
-                               {'gpu': args.repeats}, sync=torch.cuda.synchronize)['gpu']
+        gpu_fid = {'gpu': lambda: metrics.torch_calculate_frechet_distance(*tensors)}
+        gpu, gpu_times = timed(gpu_fid, {'gpu': args.repeats}, sync=torch.cuda.synchronize)['gpu']
         report(f'ours, {torch.cuda.get_device_name(dev)}', gpu_times, ref_times)
         print(f'FID on the GPU {gpu:.10f}, relative difference {abs(gpu - ref) / abs(ref):.2e}')
     else:

@@ -1,7 +1,7 @@
 """Benchmark make_hdf5.py: images/s and peak memory packing a folder of mixed-size JPEGs.
 
 Example:
-    python bench_make_hdf5.py --n_images 3000 --resolution 128 --workers 1 2
+    python benchmarks/bench_make_hdf5.py --n_images 3000 --resolution 128 --workers 1 2
 
 Writes a synthetic ImageNet-like folder (10 classes, JPEGs of 160..640 px per side, smooth
 content plus noise so decoding costs what a photo does), then packs it once per worker
@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# benchmarks/ is a folder of scripts: the repository's modules import from its root.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 # Run in a child process so each measurement has its own peak RSS.
 CHILD = """
@@ -63,7 +67,7 @@ def pack(folder: Path, out_dir: Path, resolution: int, workers: int, compression
             str(out_dir), '--num_workers', str(workers), '--batch_size', '256']
     argv += ['--compression'] if compression else []
     done = subprocess.run([sys.executable, '-c', CHILD, *argv], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent, check=True)
+                          cwd=ROOT, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith('BENCH '))
     return json.loads(line[len('BENCH '):])
 
