@@ -9,7 +9,7 @@ Replaces the MATLAB scripts of the 2019 release. Reads what train.py writes unde
 writes `losses.png`, `IS_FID.png`, `G_SVs.png` / `D_SVs.png` into `--out` (default
 `<logs_root>/<exp>/plots/`) and prints their paths; plots whose logs are absent are skipped.
 The loss plot has a D panel (real and fake) and a G panel: each raw series is drawn faint
-under a centred moving average (`--smooth` points, by default 1/50 of the run), and each
+under a centred moving average (`--smooth` points, by default 1/30 of the run, at least 5), and each
 panel's y-range spans the 1st-99th percentile of its data plus a margin, so a start-up
 spike of a few log lines does not flatten the rest (the panel notes how many points it cuts).
 """
@@ -51,8 +51,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def auto_window(n: int) -> int:
-    """Default smoothing window for n logged points: about 1/50 of the series, at least 1."""
-    return max(1, n // 50)
+    """Default smoothing window for n logged points: 1/30 of the series, but at least 5 (a
+    short run's 75 points still get a readable trend) and at most a quarter of it."""
+    return max(1, min(n // 4, max(5, n // 30)))
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -220,8 +221,8 @@ def main() -> None:
     parser.add_argument('--out', default=None,
                         help='folder for the PNGs (default <logs_root>/<exp>/plots)')
     parser.add_argument('--smooth', type=int, default=0,
-                        help='moving-average window in loss log lines (0: 1/50 of the run, '
-                             '1: raw only)')
+                        help='moving-average window in loss log lines (0: 1/30 of the '
+                             'run, at least 5; 1: raw only)')
     args = parser.parse_args()
     try:
         paths = plot_run(args.logs_root, args.experiment_name, args.out, args.smooth)

@@ -562,3 +562,14 @@ def test_resume_of_a_run_killed_before_its_first_save_starts_at_zero(tmp_path, d
     assert [int(x.split(':')[0]) for x in _loss_lines(tmp_path / 'run')] == [1, 2, 3, 4]
     with pytest.raises(FileNotFoundError, match='no run folder'):
         train.main(run_flags(tmp_path, data_file, '--resume', '--experiment_name', 'typo'))
+
+
+@pytest.mark.parametrize('itr, epoch, multiepoch, expected', [
+    (0, 0, False, (0, 0)),      # a new run
+    (7, 1, False, (1, 2)),      # saved mid-epoch 1, after its second batch
+    (10, 1, False, (2, 0)),     # saved at epoch 1's last batch: the next epoch from its start
+    (30, 1, False, (1, 0)),     # counters from other data (more batches than fit): epoch anew
+    (7, 1, True, (1, 0)),       # the multi-epoch sampler skips ahead by itself
+])
+def test_resume_position(itr, epoch, multiepoch, expected):
+    assert train.resume_position(itr, epoch, itrs_per_epoch=5, multiepoch=multiepoch) == expected
