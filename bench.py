@@ -82,7 +82,7 @@ def build_step(config: dict, device: torch.device) -> Step:
     state_dict = {'itr': 0}
     GD, _, _ = train.wrap_parallel(nets, config, device, world_size=1)
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
-                            config['n_classes'], device, config['z_var'])
+                            config['n_classes'], device, z_var=config['z_var'])
     step = train_fns.GAN_training_function(
         nets, GD, state_dict, config, latents=latents, ema=ema,
         precision=train_fns.Precision.from_config(config['amp'], device))
@@ -137,7 +137,7 @@ def peak_memory_gib(device: torch.device) -> Optional[float]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def bench_mode(config: dict, mode: str, device: torch.device, warmup: int, iters: int,
+def bench_mode(config: dict, mode: str, device: torch.device, *, warmup: int, iters: int,
                flops: int) -> dict:
     """One row of the table; a mode that fails (compile, out of memory) reports its error."""
     gc.collect()
@@ -170,7 +170,7 @@ def print_table(rows: list[dict], device: torch.device) -> None:
               f"{r['ms_per_iter']:>10.1f}{peak:>14}{r['TFLOP_per_s']:>10.3f}")
 
 
-def run(config: dict, modes: list[str], warmup: int, iters: int,
+def run(config: dict, modes: list[str], *, warmup: int, iters: int,
         device: Optional[torch.device] = None) -> dict:
     """Count FLOPs once, bench every mode, print the table; returns the JSON-able result."""
     device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -187,7 +187,8 @@ def run(config: dict, modes: list[str], warmup: int, iters: int,
           f"{flops / 1e12:.4f} TFLOP per iteration")
     print(f'measured {gflop_per_image:.2f} GFLOP per real image per iteration (analytic '
           f'reference for BigGAN-128 ch96: ~{ANALYTIC_GFLOP_PER_IMAGE})')
-    rows = [bench_mode(config, mode, device, warmup, iters, flops) for mode in modes]
+    rows = [bench_mode(config, mode, device, warmup=warmup, iters=iters, flops=flops)
+            for mode in modes]
     print_table(rows, device)
     return {'device': name, 'torch': torch.__version__, 'warmup': warmup, 'iters': iters,
             'flops_per_iter': flops, 'gflop_per_image': gflop_per_image,
@@ -223,7 +224,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if bench['bench_iters'] < 1:
         parser.error('--bench_iters must be at least 1')
     device = torch.device(bench['bench_device']) if bench['bench_device'] else None
-    result = run(config, modes, bench['bench_warmup'], bench['bench_iters'], device)
+    result = run(config, modes, warmup=bench['bench_warmup'], iters=bench['bench_iters'],
+                 device=device)
     if bench['bench_json']:
         with open(bench['bench_json'], 'w') as f:
             json.dump(result, f, indent=2)

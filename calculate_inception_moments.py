@@ -73,7 +73,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     # One streaming pass: IS accumulators and running sums of the pool features.
     with tqdm(total=num_images, unit='img') as pbar:
         is_acc, mom_acc = inception_utils.accumulate_inception_stats(
-            net, loader, num_images, args.num_splits, moments=True, progress=pbar.update)
+            net, loader, num_images, num_splits=args.num_splits, moments=True,
+            progress=pbar.update)
     IS_mean, IS_std = is_acc.compute()
     print(f'Training data from dataset {spec.name} has IS of {IS_mean:5.5f} +/- {IS_std:5.5f}')
 

@@ -235,7 +235,7 @@ def load_inception_net(*, inception: str = 'torchvision',
 
 # ----------------------------------------------------------------------------- statistics
 
-def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: int,
+def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: int, *,
                                num_splits: int = 10, moments: bool = True,
                                progress: Optional[Callable[[int], None]] = None
                                ) -> tuple[ISAccumulator, Optional[MomentsAccumulator]]:
@@ -409,7 +409,7 @@ def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvis
         """
         batches = (sample()[0] for _ in itertools.count())  # stops at N images
         is_acc, mom_acc = accumulate_inception_stats(net, batches, num_inception_images,
-                                                     num_splits, moments=not no_fid)
+                                                     num_splits=num_splits, moments=not no_fid)
         IS_mean, IS_std = is_acc.compute()
         if no_fid:
             return IS_mean, IS_std, None

@@ -318,7 +318,8 @@ def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
     utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
     t = config['truncation']
     latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t) if t > 0
-               else utils.Latents(B, G.dim_z, config['n_classes'], device, config['z_var']))
+               else utils.Latents(B, G.dim_z, config['n_classes'], device,
+                                  z_var=config['z_var']))
     name, folder = config['experiment_name'], config['sample_sheet_folder_num']
     sampler = Sampler(config=config, G=G, net=net, latents=latents, precision=precision,
                       device=device, weights_file=weights_file, itr=itr, name=name,

@@ -410,7 +410,8 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
     # Data; the training step; what runs after it (rank 0 writes config.json and logs now):
     loader = build_loader(config, state_dict['itr'], rank, world_size)
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
-                            config['n_classes'], device, config['z_var'], rank, world_size)
+                            config['n_classes'], device, z_var=config['z_var'], rank=rank,
+                            world_size=world_size)
     train = train_fns.GAN_training_function(nets, GD, state_dict, config, latents=latents,
                                             ema=ema, precision=precision, G_ddp=G_ddp,
                                             D_ddp=D_ddp)

@@ -80,7 +80,7 @@ def _backward(loss: torch.Tensor, scaler) -> None:
     (scaler.scale(loss) if scaler is not None else loss).backward()
 
 
-def _step(optim: torch.optim.Optimizer, scaler, net: nn.Module, ortho_strength: float,
+def _step(optim: torch.optim.Optimizer, scaler, net: nn.Module, *, ortho_strength: float,
           blacklist: tuple = ()) -> None:
     """Optional ortho reg on the (unscaled) gradients, then the optimizer step."""
     if scaler is not None:
@@ -196,7 +196,7 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                         D_loss = (D_loss_real + D_loss_fake) / config['num_D_accumulations']
                     _backward(D_loss, precision.D_scaler)
                 counter += 1
-            _step(D_optim, precision.D_scaler, D, config['D_ortho'])
+            _step(D_optim, precision.D_scaler, D, ortho_strength=config['D_ortho'])
 
         if config['toggle_grads']:
             utils.toggle_grad(D, False)
@@ -209,7 +209,8 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                     D_fake = GD(z_[:G_bs], y_[:G_bs], train_G=True, split_D=config['split_D'])
                     G_loss = loss_gen(D_fake.float()) / config['num_G_accumulations']
                 _backward(G_loss, precision.G_scaler)
-        _step(G_optim, precision.G_scaler, G, config['G_ortho'], blacklist=shared_params)
+        _step(G_optim, precision.G_scaler, G, ortho_strength=config['G_ortho'],
+              blacklist=shared_params)
 
         if ema is not None:
             ema.update(state_dict['itr'])
@@ -257,11 +258,13 @@ def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: util
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
     nets.save(state_dict, config, extra=extra, also_as=copies)
     with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
-        _write_samples(which_G, latents, fixed_z, fixed_y, state_dict, config)
+        _write_samples(which_G, state_dict, config, latents=latents, fixed_z=fixed_z,
+                       fixed_y=fixed_y)
 
 
-def _write_samples(which_G: nn.Module, latents: utils.Latents, fixed_z: torch.Tensor,
-                   fixed_y: torch.Tensor, state_dict: dict, config: dict) -> None:
+def _write_samples(which_G: nn.Module, state_dict: dict, config: dict, *,
+                   latents: utils.Latents, fixed_z: torch.Tensor, fixed_y: torch.Tensor
+                   ) -> None:
     """The fixed-z grid, class sheets and interpolation sheets of one save."""
     if config['accumulate_stats']:
         utils.accumulate_standing_stats(which_G, latents, config['num_standing_accumulations'])
@@ -323,7 +326,7 @@ class AfterStep:
         self.precision, self.latents, self.is_main = precision, latents, is_main
         self.get_inception_metrics = get_inception_metrics
         fixed = utils.Latents(config['G_batch_size'], nets.G.dim_z, config['n_classes'],
-                              latents.z.device, config['z_var'])
+                              latents.z.device, z_var=config['z_var'])
         self.fixed_z, self.fixed_y = (t.clone() for t in fixed.sample_())  # for every save
         self.run_dir = os.path.join(config['weights_root'], config['experiment_name'])
         self.last_save = self._where() if resumed else 'none yet'

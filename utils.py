@@ -230,7 +230,7 @@ class Latents:
     """
 
     def __init__(self, batch_size: int, dim_z: int, n_classes: int,
-                 device: Union[str, torch.device] = 'cpu', z_var: float = 1.0, rank: int = 0,
+                 device: Union[str, torch.device] = 'cpu', *, z_var: float = 1.0, rank: int = 0,
                  world_size: int = 1):
         self.z_all = torch.empty(batch_size * world_size, dim_z, device=device)
         self.y_all = torch.empty(batch_size * world_size, dtype=torch.long, device=device)
