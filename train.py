@@ -1,12 +1,14 @@
 """Train a BigGAN or BigGAN-deep.
 
-    python train.py --dataset data/demo32.hdf5 --resolution 32 --shuffle --batch_size 64 \\
+    python train.py --dataset data/demo_32.hdf5 --shuffle --batch_size 64 \\
         --G_ch 32 --D_ch 32 --G_shared --shared_dim 32 --hier --dim_z 64 --ema --use_ema
     torchrun --nproc_per_node=8 train.py <the same flags>      # DDP, one process per GPU
 
-Config -> seeds -> data -> models -> optimizers -> EMA -> resume -> loop, with periodic
-save/sample (--save_every) and IS/FID tests (--test_every). Runs live in
-<weights_root>/<experiment_name>/ and are found again by their name (--resume).
+`run` reads top to bottom: config and checks -> models, optimizers, EMA -> resume or
+fine-tune -> parallel wrappers -> data -> the training step (train_fns.GAN_training_function)
+-> the loop, which calls train_fns.AfterStep for logging, saving/sampling (--save_every) and
+IS/FID tests (--test_every). Runs live in <weights_root>/<experiment_name>/ and are found
+again by their name (--resume).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 This is the file to edit to try a new objective: losses are small functions registered in
 LOSSES, and `GAN_training_function` is the whole iteration (D steps, then one G step).
+`Nets` bundles what a checkpoint holds; `AfterStep` is everything train.py's loop does
+between iterations (logs, saves with sample sheets, IS/FID tests): add a periodic task there.
 """
 from __future__ import annotations
 
@@ -312,6 +314,11 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
     if is_main:
         test_log.log(**record)
     return record
+
+
+# ----------------------------------------------------------------------------------------
+# Between iterations
+# ----------------------------------------------------------------------------------------
 
 
 class AfterStep:
