@@ -77,8 +77,7 @@ def build_step(config: dict, device: torch.device) -> Step:
     """Models, optimizers, EMA, precision and compile as train.py builds them; random reals."""
     utils.seed_rng(config['seed'])
     nets = train.build_nets(config, device)
-    ema = (utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
-           if nets.G_ema is not None else None)
+    ema = train.build_ema(nets, config)
     state_dict = {'itr': 0}
     GD, _, _ = train.wrap_parallel(nets, config, device, world_size=1)
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,

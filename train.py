@@ -163,6 +163,13 @@ def build_nets(config: dict, device: torch.device) -> train_fns.Nets:
     return train_fns.Nets(G, D, G_ema, *build_optimizers(G, D, config, device))
 
 
+def build_ema(nets: train_fns.Nets, config: dict) -> Optional[utils.ema]:
+    """The EMA of G into G_ema (--ema), starting at --ema_start; None without --ema."""
+    if nets.G_ema is None:
+        return None
+    return utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
+
+
 def new_state_dict(config: dict) -> dict:
     """The counters a checkpoint saves (state_dict.pth), at the start of a run."""
     return {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
@@ -401,8 +408,7 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
 
     # Create models, optimizers, EMA; resume or fine-tune; wrap for parallelism:
     nets = build_nets(config, device)
-    ema = (utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
-           if nets.G_ema is not None else None)
+    ema = build_ema(nets, config)
     state_dict = new_state_dict(config)
     precision = train_fns.Precision.from_config(config['amp'], device)
     saved = load_start(nets, state_dict, precision, config, is_main=is_main,
