@@ -308,6 +308,13 @@ def save_config(config: dict, path: str) -> None:
                  'w')
 
 
+def inception_args(config: dict) -> tuple[str, str, Optional[str]]:
+    """(moments file, Inception network, its weights file or None) from a run config, in the
+    order inception_utils.check_inception_ready and prepare_inception_metrics take them."""
+    return (config.get('moments_path', ''), config['inception'],
+            config['inception_weights'] or None)
+
+
 # ----------------------------------------------------------------------------------------
 # Run names
 # ----------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import datasets
+import flags
 import train_fns
 import utils
 from utils import TruncatedLatents
@@ -232,17 +233,11 @@ def check_flags(config: dict) -> list[float]:
     return truncations
 
 
-def inception_args(config: dict) -> tuple[str, str, Optional[str]]:
-    """(moments file, Inception network, its weights) as inception_utils takes them."""
-    return (config.get('moments_path', ''), config['inception'],
-            config['inception_weights'] or None)
-
-
 def check_inception(config: dict) -> None:
     """Refuse IS/FID now if the Inception weights or the data moments are not usable."""
     import inception_utils  # only when asked: it loads Inception code and weights
     try:
-        inception_utils.check_inception_ready(*inception_args(config), config['no_fid'],
+        inception_utils.check_inception_ready(*flags.inception_args(config), config['no_fid'],
                                               resolution=config['resolution'])
     except (FileNotFoundError, ValueError) as err:
         raise SampleError(f'{err}\n(IS/FID were asked for; --no_fid computes IS only, '
@@ -328,7 +323,7 @@ def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
     if wants_metrics(config):
         import inception_utils
         sampler.get_metrics = inception_utils.prepare_inception_metrics(
-            *inception_args(config), device=device, no_fid=config['no_fid'])
+            *flags.inception_args(config), device=device, no_fid=config['no_fid'])
     return sampler
 
 

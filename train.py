@@ -25,6 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import datasets
+import flags
 import layers
 import train_fns
 import utils
@@ -121,8 +122,7 @@ def check_test_setup(config: dict) -> None:
     """Testing needs Inception weights and the moments file: fail now, not hours later."""
     if config['test_every'] > 0:
         import inception_utils
-        inception_utils.check_inception_ready(config['moments_path'], config['inception'],
-                                              config['inception_weights'] or None,
+        inception_utils.check_inception_ready(*flags.inception_args(config),
                                               config['no_fid'], resolution=config['resolution'])
 
 
@@ -182,8 +182,7 @@ def inception_metrics(config: dict, device: torch.device) -> Optional[Callable]:
         return None
     import inception_utils  # only when testing: it loads the Inception weights
     return inception_utils.prepare_inception_metrics(
-        config['moments_path'], config['inception'], config['inception_weights'] or None,
-        device=device, no_fid=config['no_fid'])
+        *flags.inception_args(config), device=device, no_fid=config['no_fid'])
 
 
 def weights_source(path: str) -> tuple[str, Optional[str]]:

@@ -119,7 +119,8 @@ class Nets:
 
     def sampling_G(self, config: dict) -> nn.Module:
         """The G to sample and test with: the EMA copy with --ema --use_ema, else G."""
-        return sampling_G(self.G, self.G_ema, config)
+        use_ema = config['ema'] and config['use_ema'] and self.G_ema is not None
+        return self.G_ema if use_ema else self.G
 
     def train(self, mode: bool = True) -> None:
         """Training (or eval) mode for G, D and G_ema."""
@@ -240,11 +241,6 @@ def stop_non_finite(what: str, itr: int, last_checkpoint: str) -> NoReturn:
 # ----------------------------------------------------------------------------------------
 # Saving, sampling and testing
 # ----------------------------------------------------------------------------------------
-
-
-def sampling_G(G: nn.Module, G_ema: Optional[nn.Module], config: dict) -> nn.Module:
-    """The G to sample and test with: the EMA copy with --ema --use_ema, else G."""
-    return G_ema if config['ema'] and config['use_ema'] and G_ema is not None else G
 
 
 def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
