@@ -143,9 +143,13 @@ class Generator(nn.Module):
                  G_nl: str = 'relu', G_activation: Optional[nn.Module] = None,
                  BN_eps: float = 1e-5, SN_eps: float = 1e-12, G_init: str = 'ortho',
                  skip_init: bool = False, G_param: str = 'SN', norm_style: str = 'bn',
-                 G_depth: int = 1, **config):
+                 G_depth: int = 1, G_output_BN_eps: float = 1e-5, G_output_conv_ch: int = 3,
+                 **config):
         super().__init__()
         check_config_keys('Generator', config)
+        if G_output_conv_ch < 3:
+            raise ValueError(f'G_output_conv_ch {G_output_conv_ch}: the image takes the first 3 '
+                             f'output channels, so give at least 3')
         self.ch, self.dim_z, self.bottom_width = G_ch, dim_z, bottom_width
         self.resolution, self.n_classes, self.G_depth = resolution, n_classes, G_depth
         self.G_shared, self.hier = G_shared, hier
@@ -173,10 +177,13 @@ class Generator(nn.Module):
         self.linear = self.which_linear(self.linear_input_size,
                                         self.arch['in_channels'][0] * bottom_width ** 2)
         self.blocks = nn.ModuleList(nn.ModuleList(b) for b in self.make_blocks())
-        # The output BN keeps eps 1e-5 whatever BN_eps says, as 2019 checkpoints were trained.
+        # The output BN's eps is its own (2019 kept 1e-5 whatever BN_eps said, and trained its
+        # checkpoints so). The Hugging Face BigGAN-deep ports use BN_eps there, and a last conv
+        # with G_ch outputs of which the image is the first 3: its spectral norm is taken over
+        # all of them, so a 3-output conv would divide by a different singular value.
         self.output_layer = nn.Sequential(
-            layers.bn(self.arch['out_channels'][-1], mybn=mybn), self.activation,
-            self.which_conv(self.arch['out_channels'][-1], 3))
+            layers.bn(self.arch['out_channels'][-1], eps=G_output_BN_eps, mybn=mybn),
+            self.activation, self.which_conv(self.arch['out_channels'][-1], G_output_conv_ch))
         self.param_count = 0 if skip_init else init_weights(self, G_init)
 
     make_arch = staticmethod(G_arch)
@@ -216,7 +223,12 @@ class Generator(nn.Module):
         for stage, y_stage in zip(self.blocks, ys):
             for block in stage:
                 h = block(h, y_stage)
-        return torch.tanh(self.output_layer(h))
+        return self.to_rgb(h)
+
+    def to_rgb(self, h: torch.Tensor) -> torch.Tensor:
+        """BN, ReLU, the last conv, its first 3 channels, tanh."""
+        h = self.output_layer(h)
+        return torch.tanh(h if h.size(1) == 3 else h[:, :3])
 
 
 # ----------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class Generator(BigGAN.Generator):
         for stage in self.blocks:
             for block in stage:
                 h = block(h, y)
-        return torch.tanh(self.output_layer(h))
+        return self.to_rgb(h)
 
 
 class Discriminator(BigGAN.Discriminator):
