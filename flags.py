@@ -155,6 +155,10 @@ FLAGS = [
     Flag('adam_eps', 1e-8, POSITIVE, 'Adam epsilon'),
     Flag('BN_eps', 1e-5, POSITIVE, 'batch norm epsilon'),
     Flag('SN_eps', 1e-8, POSITIVE, 'spectral norm epsilon'),
+    Flag('G_output_BN_eps', 1e-5, POSITIVE, "epsilon of G's output batch norm (2019 kept "
+         "1e-5 whatever --BN_eps says; converted Hugging Face BigGAN-deep runs use 1e-4)"),
+    Flag('G_output_conv_ch', 3, bounded(int, 3), "output channels of G's last conv, the "
+         "image being the first 3 (converted Hugging Face BigGAN-deep runs keep G_ch of them)"),
     Flag('num_G_SVs', 1, POSITIVE_INT, 'singular values tracked per G layer'),
     Flag('num_D_SVs', 1, POSITIVE_INT, 'singular values tracked per D layer'),
     Flag('num_G_SV_itrs', 1, POSITIVE_INT, 'power iterations per G forward'),
@@ -172,6 +176,8 @@ FLAGS = [
     Flag('load_weights', '', str, 'with --resume: the copy to resume from (e.g. best0, copy1); '
          'without: a run folder or G*.pth file to fine-tune from'),
     Flag('resume', False, SWITCH, 'resume the run'),
+    Flag('D_warmup', 0, COUNT, 'first N iterations train D only (G and G_ema stay as loaded): '
+         'a fresh D meets a --load_weights G'),
     # Logging
     Flag('logstyle', '%3.3e', str, 'number format of the training logs'),
     Flag('log_G_spectra', False, SWITCH, "log G's singular values"),
@@ -188,6 +194,10 @@ FLAGS = [
     Flag('inception', 'torchvision', str, 'Inception net for IS/FID: torchvision or tf',
          choices=('torchvision', 'tf')),
     Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)'),
+    Flag('truncation_style', 'resample', str, 'how sample.py --truncation t draws z: '
+         'resample (the paper: N(0, 1) with every |z_i| > t redrawn) or scaled (TF-Hub and '
+         'Hugging Face BigGAN: t times N(0, 1) redrawn outside +-2)',
+         choices=('resample', 'scaled')),
 ]
 
 SAMPLE_FLAGS = [
@@ -200,7 +210,7 @@ SAMPLE_FLAGS = [
     Flag('sample_trunc_curves', '', str, 'IS/FID over truncation start_step_end'),
     Flag('sample_inception_metrics', False, SWITCH, 'IS/FID of the model'),
     Flag('truncation', 0.0, float, 'truncation trick for npz, sheets, interps, random grid '
-         'and --sample_inception_metrics: z entries with |z_i| > t redrawn (0: off)'),
+         'and --sample_inception_metrics (0: off); how z is cut: the run\'s --truncation_style'),
 ]
 
 # Keys a run config holds that no flag sets: derived from the data, or 2019 objects.

@@ -249,32 +249,46 @@ class Latents:
 
 
 class TruncatedLatents(Latents):
-    """Latents with z ~ N(0, 1) truncated at `truncation` (the paper's truncation trick)."""
+    """Latents with z truncated at `truncation` (the truncation trick; `style` as for
+    `truncated_normal`)."""
 
     def __init__(self, batch_size: int, dim_z: int, n_classes: int,
-                 device: Union[str, torch.device] = 'cpu', *, truncation: float):
+                 device: Union[str, torch.device] = 'cpu', *, truncation: float,
+                 style: str = 'resample'):
         super().__init__(batch_size, dim_z, n_classes, device)
-        self.truncation = truncation
+        self.truncation, self.style = truncation, style
 
     def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """New z (every |z_i| <= truncation) and uniform classes."""
-        self.z.copy_(truncated_normal(self.z.shape, self.truncation, self.z.device))
+        """New truncated z and uniform classes."""
+        self.z.copy_(truncated_normal(self.z.shape, self.truncation, self.z.device,
+                                      style=self.style))
         self.y.random_(0, self.n_classes)
         return self.z, self.y
 
 
-def draw_z(shape: tuple, device: Union[str, torch.device] = 'cpu', truncation: float = 0.0
-           ) -> torch.Tensor:
-    """z ~ N(0, 1), truncated at `truncation` when it is > 0 (the paper's truncation trick)."""
+def draw_z(shape: tuple, device: Union[str, torch.device] = 'cpu', truncation: float = 0.0,
+           style: str = 'resample') -> torch.Tensor:
+    """z ~ N(0, 1), truncated at `truncation` when it is > 0 (see `truncated_normal`)."""
     if truncation > 0:
-        return truncated_normal(shape, truncation, device)
+        return truncated_normal(shape, truncation, device, style=style)
     return torch.randn(shape, device=device)
 
 
+TRUNCATION_STYLES = ('resample', 'scaled')
+
+
 def truncated_normal(shape: tuple, truncation: float, device: Union[str, torch.device] = 'cpu',
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """N(0, 1) truncated to [-truncation, truncation]: the law of redrawing every |z_i| > t."""
+                     generator: Optional[torch.Generator] = None, *, style: str = 'resample'
+                     ) -> torch.Tensor:
+    """Truncated z. `resample` (the paper, 2019): N(0, 1) truncated to [-t, t], the law of
+    redrawing every |z_i| > t. `scaled` (TF-Hub and Hugging Face BigGAN, whose per-truncation
+    BN statistics assume it): t times N(0, 1) truncated to [-2, 2]."""
+    if style not in TRUNCATION_STYLES:
+        raise ValueError(f'truncation style {style!r}: choose one of {TRUNCATION_STYLES}')
     z = torch.empty(shape, device=device)
+    if style == 'scaled':
+        return truncation * nn.init.trunc_normal_(z, std=1.0, a=-2.0, b=2.0,
+                                                  generator=generator)
     return nn.init.trunc_normal_(z, std=1.0, a=-truncation, b=truncation, generator=generator)
 
 
@@ -331,13 +345,13 @@ def configure_backends(device: torch.device) -> None:
 def sample_sheet(G: nn.Module, *, classes_per_sheet: int, num_classes: int,
                  samples_per_class: int, samples_root: str, experiment_name: str,
                  folder_number: int, device: Union[str, torch.device] = 'cpu',
-                 truncation: float = 0.0) -> list[str]:
+                 truncation: float = 0.0, truncation_style: str = 'resample') -> list[str]:
     """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns."""
     paths = []
     for i in range(max(num_classes // classes_per_sheet, 1)):
         classes = min(classes_per_sheet, num_classes)
         y = torch.arange(i * classes, (i + 1) * classes, device=device)
-        ims = [G(draw_z((classes, G.dim_z), device, truncation), G.shared(y))
+        ims = [G(draw_z((classes, G.dim_z), device, truncation, truncation_style), G.shared(y))
                for _ in range(samples_per_class)]
         out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
         paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
@@ -356,17 +370,20 @@ def interp(x0: torch.Tensor, x1: torch.Tensor, num_midpoints: int) -> torch.Tens
 def interp_sheet(G: nn.Module, *, num_per_sheet: int, num_midpoints: int, num_classes: int,
                  samples_root: str, experiment_name: str, folder_number: int,
                  sheet_number: int = 0, fix_z: bool = False, fix_y: bool = False,
-                 device: Union[str, torch.device] = 'cpu', truncation: float = 0.0
-                 ) -> Optional[str]:
+                 device: Union[str, torch.device] = 'cpu', truncation: float = 0.0,
+                 truncation_style: str = 'resample') -> Optional[str]:
     """Interpolation sheet interp{Z}{Y}{n}.jpg: rows go from one (z, class) to another."""
     n, steps = num_per_sheet, num_midpoints + 2
+
+    def z_ends() -> torch.Tensor:
+        return draw_z((n, 1, G.dim_z), device, truncation, truncation_style)
+
     if not fix_y and not isinstance(G.shared, nn.Embedding):
         return None  # without a shared embedding there is no class vector to interpolate
     if fix_z:
-        zs = draw_z((n, 1, G.dim_z), device, truncation).repeat(1, steps, 1)
+        zs = z_ends().repeat(1, steps, 1)
     else:
-        zs = interp(draw_z((n, 1, G.dim_z), device, truncation),
-                    draw_z((n, 1, G.dim_z), device, truncation), num_midpoints)
+        zs = interp(z_ends(), z_ends(), num_midpoints)
     y0 = G.shared(torch.randint(0, num_classes, (n,), device=device)).view(n, 1, -1)
     if fix_y:
         ys = y0.repeat(1, steps, *[1] * (y0.dim() - 2))
