@@ -26,6 +26,8 @@ start_step_end draws z with the paper's truncation trick (entries with |z_i| > t
 all lie within t); every other mode draws z ~ N(0, z_var^2), or with --truncation t the
 truncated z as well (e.g. --truncation 0.5 --sample_npz --sample_sheets). The sweep runs last: with
 --accumulate_stats it re-accumulates standing stats at each t, as the 2019 script did.
+Converted TF-Hub / Hugging Face runs draw truncated z as those did (--truncation_style scaled:
+t * N(0, 1) cut at +-2), and a BigGAN-deep one takes its BN statistics for t from its table.
 G runs under the run's --amp (bf16/fp16 autocast; --amp none for fp32), Inception never does.
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import bn_stats
 import datasets
 import flags
 import train_fns
@@ -278,6 +281,7 @@ class Sampler:
     out_dir: str  # samples/<exp>
     folder: int  # the sheets' folder: --sample_sheet_folder_num, or itr when that is -1
     get_metrics: Optional[Callable] = None  # inception_utils' IS/FID, when asked for
+    bn_table: Optional[dict] = None  # per-truncation BN statistics of a converted G
 
     def sample_fn(self, latents: Optional[utils.Latents] = None,
                   bar: Optional[tqdm] = None) -> Callable:
@@ -312,14 +316,19 @@ def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
           f" mode, {config['amp'] if precision.dtype else 'fp32'}, on {device}, batches of {B}")
     utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
     t = config['truncation']
-    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t) if t > 0
+    try:  # a converted BigGAN-deep: its BN statistics for t
+        bn_table = bn_stats.use_for_truncation(G, str(weights_file.parent), t)
+    except ValueError as err:
+        raise SampleError(f'--truncation {t}: {err}') from None
+    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t,
+                                style=config['truncation_style']) if t > 0
                else utils.Latents(B, G.dim_z, config['n_classes'], device,
                                   z_var=config['z_var']))
     name, folder = config['experiment_name'], config['sample_sheet_folder_num']
     sampler = Sampler(config=config, G=G, net=net, latents=latents, precision=precision,
                       device=device, weights_file=weights_file, itr=itr, name=name,
                       out_dir=os.path.join(config['samples_root'], name),
-                      folder=itr if folder == -1 else folder)
+                      folder=itr if folder == -1 else folder, bn_table=bn_table)
     if wants_metrics(config):
         import inception_utils
         sampler.get_metrics = inception_utils.prepare_inception_metrics(
@@ -371,7 +380,8 @@ def save_class_sheets(s: Sampler) -> list[str]:
             s.G, classes_per_sheet=s.config['classes_per_sheet'],
             num_classes=s.config['n_classes'], samples_per_class=10,
             samples_root=s.config['samples_root'], experiment_name=s.name,
-            folder_number=s.folder, device=s.device, truncation=s.config['truncation'])
+            folder_number=s.folder, device=s.device, truncation=s.config['truncation'],
+            truncation_style=s.config['truncation_style'])
     print(f'Wrote {len(paths)} sheets to {os.path.dirname(paths[0])}')
     return paths
 
@@ -383,7 +393,8 @@ def save_interps(s: Sampler) -> list[str]:
             s.G, num_per_sheet=16, num_midpoints=8, num_classes=s.config['n_classes'],
             samples_root=s.config['samples_root'], experiment_name=s.name,
             folder_number=s.folder, sheet_number=0, fix_z=fix_z, fix_y=fix_y,
-            device=s.device, truncation=s.config['truncation'])
+            device=s.device, truncation=s.config['truncation'],
+            truncation_style=s.config['truncation_style'])
             for fix_z, fix_y in ((0, 0), (0, 1), (1, 0))]
     paths = [p for p in paths if p is not None]  # class interps need a shared embedding
     print(f'Wrote {len(paths)} interps to {os.path.dirname(paths[0])}')
@@ -432,9 +443,11 @@ def sweep_truncation(s: Sampler, truncations: list[float]) -> list[dict]:
     records = []
     for t in truncations:
         latents = TruncatedLatents(s.config['G_batch_size'], s.G.dim_z, s.config['n_classes'],
-                                   s.device, truncation=t)
+                                   s.device, truncation=t, style=s.config['truncation_style'])
         if s.config['accumulate_stats']:  # standing stats at this t, as 2019 did
             s.accumulate_stats(latents)
+        elif s.bn_table is not None:  # a converted G's statistics for this t
+            bn_stats.apply(s.G, s.bn_table, t)
         records.append(measure(s, latents, truncation=t))
         log.log(records[-1])
     plot_trunc_curves(records, log_path[:-len('.jsonl')] + '.png')
@@ -457,6 +470,9 @@ def run(argv: Optional[list[str]] = None) -> dict:
 
     # Model, precision, latents:
     s = build_sampler(config, weights_file, itr)
+    if s.bn_table is not None and truncations and truncations[-1] > 1:
+        raise SampleError(f'--sample_trunc_curves {config["sample_trunc_curves"]}: the BN '
+                          f'statistics of {bn_stats.TABLE_FILE} cover truncations 0 to 1')
     done = {'weights': str(weights_file), 'config': config}
 
     # Outputs, in the 2019 order; the truncation sweep last, as it may redo standing stats:

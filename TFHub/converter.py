@@ -38,14 +38,15 @@ TF conv `w` is HWIO (ours OIHW).
 - EMA: every `w`, `b`, `gamma`, `beta` has an `/ema_b999900` twin, used by default
   (`--no_ema` takes the raw ones); `u0` and the BN statistics exist once.
 Unverified without TensorFlow here: the `1 + gamma` convention, that accumulated_var sums
-variances, where CrossReplicaBN sits in a GBlock, and that u0 has no EMA twin. The converter
-and `dump_tf_variables` (our G -> TF names) are exact inverses under these assumptions,
-and mismatching names or shapes are reported by name. The output BN keeps eps 1e-5 (as the
-2019 checkpoints were trained), while TF may use 1e-4 there: a negligible difference in samples.
+variances, where CrossReplicaBN sits in a GBlock, that u0 has no EMA twin, and the output BN's
+eps (kept at 2019's 1e-5; TF may use 1e-4). The converter and `dump_tf_variables` (our G -> TF
+names) are exact inverses under these assumptions. `--hf` converts the Hugging Face
+BigGAN-deep generators instead: see hf_converter.py.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -63,11 +64,13 @@ import torch.nn as nn
 
 # TFHub/ is a folder, not a package: import the models from the repository root.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / 'TFHub'):  # the models; hf_converter.py beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import hf_converter  # noqa: E402  (TFHub/ is on sys.path)
 
 import BigGAN  # noqa: E402
-import layers  # noqa: E402
 
 EMA_SUFFIX = 'ema_b999900'
 TFHUB_DIM_Z = {128: 120, 256: 140, 512: 128}
@@ -86,7 +89,8 @@ def tfhub_config(resolution: int) -> dict:
     return dict(model='BigGAN', resolution=resolution, n_classes=1000, G_ch=96,
                 dim_z=TFHUB_DIM_Z[resolution], shared_dim=128, hier=True, G_shared=True,
                 G_attn=TFHUB_ATTN[resolution], G_nl='relu', G_param='SN', norm_style='bn',
-                BN_eps=1e-4, SN_eps=1e-4, num_G_SVs=1, num_G_SV_itrs=1, skip_init=True)
+                BN_eps=1e-4, SN_eps=1e-4, num_G_SVs=1, num_G_SV_itrs=1, skip_init=True,
+                truncation_style='scaled')
 
 
 # ----------------------------------------------------------------------------------------
@@ -216,17 +220,6 @@ def _shape_ok(shape: tuple, expected: tuple) -> bool:
     return shape == expected or (expected == () and int(np.prod(shape)) == 1)
 
 
-def _set_singular_values(G: nn.Module) -> None:
-    """Set each SN layer's `sv*` to the estimate its eval-mode forward computes."""
-    with torch.no_grad():
-        for m in G.modules():
-            if isinstance(m, layers.SN):
-                W = m.weight.float().view(m.weight.size(0), -1)
-                us, vs = layers.power_iteration(W, m.u, m.sn_eps)
-                for sv, u, v in zip(m.sv, us, vs):
-                    sv.copy_(torch.mm(torch.mm(v, W.t()), u.t()).view(1))
-
-
 def _report(config: dict, ema: bool, missing: dict, wrong: list, unexpected: list,
             variables: Mapping) -> str:
     """A readable list of every mismatch, with shapes and a hint where one applies."""
@@ -286,7 +279,7 @@ def convert(variables: Mapping[str, np.ndarray], config: dict, ema: bool = True,
                       + ', '.join(unexpected), stacklevel=2)
     # Only the log-only singular values have no TF source: keep G's, then recompute them.
     G.load_state_dict({**state, **converted}, strict=True)
-    _set_singular_values(G)
+    hf_converter.set_singular_values(G)
     return {k: v.detach().clone() for k, v in G.state_dict().items()}
 
 
@@ -399,11 +392,11 @@ def save_run(state: Mapping[str, torch.Tensor], config: dict, weights_root: Unio
 
 
 def load_run(run_dir: Union[str, Path]) -> BigGAN.Generator:
-    """The converted G of a run folder, loaded with strict=True, in eval mode."""
+    """The converted G of a run folder (BigGAN or BigGANdeep), strictly loaded, in eval mode."""
     run_dir = Path(run_dir)
     with open(run_dir / 'config.json') as f:
         config = json.load(f)
-    G = BigGAN.Generator(**config)
+    G = importlib.import_module(config.get('model', 'BigGAN')).Generator(**config)
     G.load_state_dict(torch.load(run_dir / 'G.pth', map_location='cpu', weights_only=True),
                       strict=True)
     return G.eval()
@@ -433,12 +426,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The converter's command line."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--resolution', type=int, default=128, choices=sorted(TFHUB_DIM_Z),
-                   help='which TF-Hub generator (default: 128)')
+    p.add_argument('--resolution', type=int, default=None, choices=sorted(TFHUB_DIM_Z),
+                   help='which TF-Hub generator (default: 128; --hf reads it from the folder)')
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument('--dump', help='.npz or .h5 of the module variables, keyed by TF names')
     source.add_argument('--module_path',
                         help='TF-Hub module folder or URL (needs tensorflow, tensorflow_hub)')
+    source.add_argument('--hf', help='a Hugging Face pytorch-pretrained-biggan BigGAN-deep '
+                        'folder (pytorch_model.bin, config.json): see hf_converter.py')
+    p.add_argument('--bn_interpolation', default='package', choices=('package', 'linear'),
+                   help='--hf: BN statistics between truncation grid points (bn_stats.py)')
     p.add_argument('--save_dump', default='', help='also write the variables read to this '
                    '.npz/.h5 (for converting on a machine without TF)')
     p.add_argument('--weights_root', default='weights', help='root of run folders')
@@ -450,7 +447,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument('--check', action='store_true',
                    help='reload the written G (strict) and save a sample grid beside it')
     p.add_argument('--check_num', type=int, default=16, help='images in the check grid')
-    p.add_argument('--truncation', type=float, default=0.5, help='z truncation of the check')
+    p.add_argument('--truncation', type=float, default=0.5, help='z truncation of the check '
+                   '(--hf: also the one whose BN statistics are stored in G.pth)')
     p.add_argument('--seed', type=int, default=0, help='seed of the check samples')
     return p.parse_args(argv)
 
@@ -458,6 +456,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     """Convert, write the run folder, optionally check by sampling; 0 on success."""
     args = parse_args(argv)
+    if args.hf:
+        return hf_converter.main(args, save_run, write_check)
+    args.resolution = args.resolution or 128
     config = tfhub_config(args.resolution)
     name = args.name or f'BigGAN_TFHub_{args.resolution}' + ('_raw' if args.no_ema else '')
 
@@ -478,18 +479,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     # Check: reload strictly from disk and sample.
     if args.check:
-        G = load_run(run_dir)
-        if torch.cuda.is_available():
-            G = G.cuda()
-        grid = run_dir / 'tfhub_check.png'
-        x = sample_check(G, grid, args.check_num, args.truncation, args.seed)
-        if not torch.isfinite(x).all():
-            print(f'error: the converted G produced non-finite samples ({grid})',
-                  file=sys.stderr)
+        checked = write_check(run_dir, 'tfhub_check.png', args)
+        if checked is None:
             return 1
+        x = checked[1]
         print(f'check: {len(x)} samples, mean {x.mean():.3f}, std {x.std():.3f}; '
-              f'grid in {grid}')
+              f'grid in {run_dir / "tfhub_check.png"}')
     return 0
+
+
+def write_check(run_dir: Path, filename: str, args: argparse.Namespace
+                ) -> Optional[tuple[nn.Module, torch.Tensor]]:
+    """Reload the written G strictly and save a sample grid: (G, samples), or None after
+    saying that the samples are not finite."""
+    G = load_run(run_dir)
+    if torch.cuda.is_available():
+        G = G.cuda()
+    x = sample_check(G, run_dir / filename, args.check_num, args.truncation, args.seed)
+    if not torch.isfinite(x).all():
+        print(f'error: the converted G produced non-finite samples ({run_dir / filename})',
+              file=sys.stderr)
+        return None
+    return G, x
 
 
 if __name__ == '__main__':
