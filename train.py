@@ -220,13 +220,42 @@ def resume(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precisio
     return saved
 
 
-def load_for_finetuning(nets: train_fns.Nets, path: str) -> None:
-    """Load a run's weights, re-initialising class embeddings whose class count differs."""
+# The flags that decide what a G computes: a fine-tune must build G as its source was built.
+G_BUILD_KEYS = ('model', 'G_ch', 'G_depth', 'dim_z', 'shared_dim', 'hier', 'G_shared', 'G_attn',
+                'G_param', 'norm_style', 'BN_eps', 'SN_eps', 'G_output_BN_eps',
+                'G_output_conv_ch')
+
+
+def check_source_G(config: dict, root: str) -> None:
+    """Refuse to fine-tune from a run whose saved config builds G otherwise than the flags."""
+    saved, _ = utils.read_run_config(root)
+    if not saved:
+        return
+    defaults = utils.prepare_parser().parse_args([])
+    differ = {k: saved[k] for k in G_BUILD_KEYS
+              if saved.get(k, getattr(defaults, k)) != config[k]}
+    if differ:
+        flags_ = ' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in differ.items()
+                          if v is not False)
+        raise ValueError(f'--load_weights {root}: its G was built with '
+                         + ', '.join(f'{k}={v!r} (given: {config[k]!r})'
+                                     for k, v in differ.items())
+                         + f'. Give the flags it was built with: {flags_}')
+
+
+def load_for_finetuning(nets: train_fns.Nets, path: str, config: dict) -> None:
+    """Load a run's weights, re-initialising class embeddings whose class count differs; a
+    source without D.pth (a converted generator) leaves D at its initialisation."""
     root, suffix = weights_source(path)
+    check_source_G(config, root)
     G, G_ema = nets.G, nets.G_ema
     for net, name in ((G, 'G'), (nets.D, 'D'), (G_ema, 'G_ema')):
         fname = os.path.join(root, utils.checkpoint_file(name, suffix))
         if net is None or (name == 'G_ema' and not os.path.exists(fname)):
+            continue
+        if name == 'D' and not os.path.exists(fname):
+            print(f'{root} holds no {os.path.basename(fname)}: D starts fresh (consider '
+                  f'--D_warmup so it learns the loaded G before G follows it)')
             continue
         state = utils.load_file(fname)
         embeddings = [n for n, m in net.named_modules() if isinstance(m, nn.Embedding)]
@@ -303,7 +332,7 @@ def load_start(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Prec
             dist.barrier()  # the other ranks load what rank 0 recovered
         return resume(nets, state_dict, precision, config)
     if config['load_weights']:
-        load_for_finetuning(nets, config['load_weights'])
+        load_for_finetuning(nets, config['load_weights'], config)
     return {}
 
 

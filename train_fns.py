@@ -165,7 +165,8 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                           G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None
                           ) -> Callable:
     """Build `train(x, y) -> losses`: one BigGAN iteration, num_D_steps D steps of
-    num_D_accumulations minibatches, then one G step of num_G_accumulations, then the EMA.
+    num_D_accumulations minibatches, then one G step of num_G_accumulations (none in the first
+    D_warmup iterations), then the EMA.
 
     `x`, `y` hold batch_size * num_D_steps * num_D_accumulations real images and labels.
     `latents` draws `latent_batch_size(config)` rows: each D minibatch pits batch_size fakes
@@ -201,6 +202,19 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                 counter += 1
             _step(D_optim, precision.D_scaler, D, ortho_strength=config['D_ortho'])
 
+        if state_dict['itr'] <= config.get('D_warmup', 0):
+            # D only: a fresh D learns a loaded G's fakes before G follows its gradients.
+            # G's loss is read off the last D minibatch's fakes (no extra forward).
+            G_loss = loss_gen(D_fake.detach().float()) / config['num_G_accumulations']
+        else:
+            G_loss = G_step()
+        if ema is not None:
+            ema.update(state_dict['itr'])
+        return {'G_loss': G_loss.detach() * config['num_G_accumulations'],
+                'D_loss_real': D_loss_real.detach(), 'D_loss_fake': D_loss_fake.detach()}
+
+    def G_step() -> torch.Tensor:
+        """One G step of num_G_accumulations minibatches; returns the last one's loss."""
         if config['toggle_grads']:
             utils.toggle_grad(D, False)
             utils.toggle_grad(G, True)
@@ -214,11 +228,7 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                 _backward(G_loss, precision.G_scaler)
         _step(G_optim, precision.G_scaler, G, ortho_strength=config['G_ortho'],
               blacklist=shared_params)
-
-        if ema is not None:
-            ema.update(state_dict['itr'])
-        return {'G_loss': G_loss.detach() * config['num_G_accumulations'],
-                'D_loss_real': D_loss_real.detach(), 'D_loss_fake': D_loss_fake.detach()}
+        return G_loss
 
     return train
 
