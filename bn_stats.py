@@ -12,8 +12,9 @@ Between grid points (`stats_at`), two interpolations:
   images at every t. With f = frac(t / step) and i = floor(t / step) it takes
   f * stats[i] + (1 - f) * stats[i + 1]: the weights are the reverse of linear interpolation,
   so it is linear interpolation only at grid points and midpoints (f = 0 or 0.5). Its float
-  division also puts a few grid points just above themselves (0.14 / 0.02 = 7.000...01),
-  where it then takes the next point's statistics; kept, as those are the package's images.
+  division also misses a few grid points: 0.14, 0.28 and 0.56 land just above themselves
+  (0.14 / 0.02 = 7.000...01) and take the next point's statistics, 0.58 and 0.94 just below
+  and take the previous point's; kept, as those are the package's images.
 - `linear`: textbook linear interpolation, (1 - f) * stats[i] + f * stats[i + 1], with t
   within 1e-9 of a grid point snapped to it. It equals `package` at grid points (but those
   few) and midpoints, and varies continuously in t.

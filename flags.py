@@ -176,8 +176,9 @@ FLAGS = [
     Flag('load_weights', '', str, 'with --resume: the copy to resume from (e.g. best0, copy1); '
          'without: a run folder or G*.pth file to fine-tune from'),
     Flag('resume', False, SWITCH, 'resume the run'),
-    Flag('D_warmup', 0, COUNT, 'first N iterations train D only (G and G_ema stay as loaded): '
-         'a fresh D meets a --load_weights G'),
+    Flag('D_warmup', 0, COUNT, "first N iterations train D only (G's weights, and so "
+         "G_ema's, stay as loaded; its BN running stats still follow the batches): a fresh D "
+         "meets a --load_weights G"),
     # Logging
     Flag('logstyle', '%3.3e', str, 'number format of the training logs'),
     Flag('log_G_spectra', False, SWITCH, "log G's singular values"),

@@ -339,7 +339,9 @@ def main(args, save_run: Callable, write_check: Callable) -> int:
             raise HFConversionError(f'--resolution {args.resolution}, but {args.hf}/'
                                     f'{HF_CONFIG} has output_dim {hf["output_dim"]}: drop '
                                     f'--resolution (--hf reads it from the config)')
-        bn_stats.grid_position(args.truncation, hf['n_stats'], args.bn_interpolation)
+        if not 0 < args.truncation <= 1:  # the package's range (t = 0 would be one image)
+            raise HFConversionError(f'--truncation {args.truncation}: give 0 < t <= 1, the '
+                                    f'range of the package and its BN statistics')
         G, config, table = convert(state, hf, args.truncation, args.bn_interpolation)
     except (HFConversionError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
@@ -363,7 +365,7 @@ def main(args, save_run: Callable, write_check: Callable) -> int:
         vs = ('pytorch_pretrained_biggan not installed: not compared' if diff is None
               else f'max |ours - package| {diff:.2e} at truncation {args.truncation}')
         print(f'check: {len(x)} samples in {grid}; {vs}')
-        if diff is not None and diff > 2e-4:
+        if diff is not None and not diff <= 2e-4:  # a NaN difference fails too
             print('error: the converted G differs from the package', file=sys.stderr)
             return 1
     return 0
