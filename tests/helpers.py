@@ -1,7 +1,10 @@
-"""Shared test helpers: the repository root, and where the team's `../shared/` folder lives."""
+"""Shared test helpers: the repository root, where the team's `../shared/` folder lives, and a
+tiny packed dataset."""
 import os
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,4 +20,16 @@ def shared_file(relpath: str) -> Path:
     if not path.exists():
         pytest.skip(f'reference file {path} is absent (it lives in the team\'s shared/ folder '
                     f'beside the repository; set BIGGAN_SHARED to point elsewhere)')
+    return path
+
+
+def write_hdf5(path: Path, n: int = 16, n_classes: int = 3, resolution: int = 32) -> Path:
+    """A tiny packed dataset of random images in make_hdf5.py's layout."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('imgs', data=rng.integers(0, 256, (n, 3, resolution, resolution),
+                                                   dtype=np.uint8))
+        f.create_dataset('labels', data=np.arange(n, dtype=np.int64) % n_classes)
+        f.attrs['n_classes'] = n_classes
+        f.attrs['resolution'] = resolution
     return path

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,25 +15,13 @@ import torch
 import train
 import train_fns
 import utils
-from helpers import ROOT, shared_file
+from helpers import ROOT, shared_file, write_hdf5
 
 TINY_FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
               '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4',
               '--num_D_steps', '1', '--num_workers', '0', '--test_every', '0', '--ema',
               '--use_ema', '--shuffle', '--log_every', '1', '--logstyle', '%.10e',
               '--G_lr', '2e-4', '--D_lr', '2e-4']
-
-
-def write_hdf5(path: Path, n: int = 16, n_classes: int = 3, resolution: int = 32) -> Path:
-    """A tiny packed dataset in make_hdf5.py's layout."""
-    rng = np.random.default_rng(0)
-    with h5py.File(path, 'w') as f:
-        f.create_dataset('imgs', data=rng.integers(0, 256, (n, 3, resolution, resolution),
-                                                   dtype=np.uint8))
-        f.create_dataset('labels', data=np.arange(n, dtype=np.int64) % n_classes)
-        f.attrs['n_classes'] = n_classes
-        f.attrs['resolution'] = resolution
-    return path
 
 
 @pytest.fixture
