@@ -3,7 +3,10 @@
 Streams over the data with running sums (float64), so ImageNet-sized sets fit in memory,
 and writes `mu` [2048] and `sigma` [2048, 2048] to the dataset's moments file
 (`<data_root>/<dataset>_inception_moments.npz`; with `--inception tf`, `..._tf.npz`
-beside it). Also prints the Inception Score of the real data, as the 2019 script did.
+beside it). In the same pass it keeps the pool features of a fixed random subset of
+`--num_features` images (all of a smaller set) for KID and precision/recall, written beside
+the moments (`..._inception_moments_features.npz`, `..._tf_features.npz`). Also prints the
+Inception Score of the real data, as the 2019 script did.
 
 Example:
     python calculate_inception_moments.py --dataset I128_hdf5 --data_root data
@@ -45,16 +48,20 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument('--inception_weights', type=str, default='',
                         help='local weights file of that network (else the torch hub cache)')
     parser.add_argument('--num_splits', type=int, default=10, help='splits of the IS')
+    parser.add_argument('--num_features', type=int, default=inception_utils.NUM_FEATURES,
+                        help='real features kept for KID and precision/recall, a fixed random '
+                             'subset (0: write no features file)')
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Compute and save the moments of --dataset, and print its IS."""
+    """Compute and save the moments (and features) of --dataset, and print its IS."""
     args = prepare_parser().parse_args(argv)
 
     # Data: every image once, in a fixed order unless --shuffle.
     spec = datasets.resolve_dataset(args.dataset, args.data_root, resolution=args.resolution)
     out_path = inception_utils.moments_file(spec.moments_path, args.inception)
+    features_path = inception_utils.features_file(spec.moments_path, args.inception)
     loader = datasets.get_data_loaders(
         args.dataset, args.data_root, resolution=args.resolution, augment=args.augment,
         batch_size=args.batch_size, num_workers=args.num_workers, shuffle=args.shuffle,
@@ -70,19 +77,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f'{spec.name}: {num_images} images at {spec.resolution}x{spec.resolution}; '
           f'{args.inception} Inception on {device}')
 
-    # One streaming pass: IS accumulators and running sums of the pool features.
+    # One streaming pass: IS accumulators, running sums of the pool features, and the pool
+    # features of the images at the chosen positions.
+    rows = inception_utils.feature_subset(num_images, max(args.num_features, 0))
     with tqdm(total=num_images, unit='img') as pbar:
-        is_acc, mom_acc = inception_utils.accumulate_inception_stats(
-            net, loader, num_images, num_splits=args.num_splits, moments=True,
-            progress=pbar.update)
+        is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
+            net, loader, num_images, num_splits=args.num_splits, moments=True, features=True,
+            feature_rows=rows, progress=pbar.update)
     IS_mean, IS_std = is_acc.compute()
     print(f'Training data from dataset {spec.name} has IS of {IS_mean:5.5f} +/- {IS_std:5.5f}')
 
     mu, sigma = mom_acc.compute()
-    if not torch.isfinite(sigma).all():
+    if not (torch.isfinite(sigma).all() and torch.isfinite(feats).all()):
         raise RuntimeError('the features gave non-finite moments; nothing was saved')
     inception_utils.save_moments(out_path, mu, sigma, args.inception)
     print(f'Saved the moments of {num_images} images to {out_path}')
+    if len(feats):
+        inception_utils.save_features(features_path, feats, args.inception, num_images)
+        print(f'Saved the features of {len(feats)} of them (KID, precision/recall) to '
+              f'{features_path}')
 
 
 if __name__ == '__main__':

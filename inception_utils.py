@@ -1,4 +1,5 @@
-"""The Inception networks and their weights, the data moments files, and IS/FID of a G.
+"""The Inception networks and their weights, the data moments and features files, and the
+metrics of a G (IS, FID, KID, precision/recall).
 
 Two networks, both giving (pool [B, 2048], logits) from one forward of images in [-1, 1]:
 - 'torchvision': torchvision's ImageNet Inception-v3, the 2019 release's default; its
@@ -10,12 +11,16 @@ back to random weights, and a file that is not the published one (by its SHA-256
 about, since its numbers compare with no one's.
 
 `accumulate_inception_stats` runs a network over N images in constant memory, feeding the
-IS and moments accumulators of metrics.py (where the metric mathematics lives).
-`prepare_inception_metrics` returns the function training and sample.py call for IS and FID.
+IS and moments accumulators of metrics.py (where the metric mathematics lives), and keeps
+the pool features when KID and precision/recall need them.
+`prepare_inception_metrics` returns the function training and sample.py call for the
+metrics: IS and FID as in 2019, and KID and precision/recall when the data's real-features
+file (`features_file`, written with the moments) exists.
 
 Example:
     get_metrics = prepare_inception_metrics('data/I128_inception_moments.npz', device='cuda')
-    IS_mean, IS_std, FID = get_metrics(sample, 50000)  # sample() -> (images, labels)
+    IS_mean, IS_std, FID = result = get_metrics(sample, 50000)  # sample() -> (images, labels)
+    result.KID_mean, result.precision  # None without data/I128_inception_moments_features.npz
 """
 from __future__ import annotations
 
@@ -43,7 +48,16 @@ from pytorch_fid.inception import (
 )
 
 import datasets
-from metrics import Array, ISAccumulator, MomentsAccumulator, torch_calculate_frechet_distance
+from metrics import (
+    Array,
+    InceptionMetrics,
+    ISAccumulator,
+    MomentsAccumulator,
+    kernel_inception_distance,
+    knn_radii,
+    precision_recall,
+    torch_calculate_frechet_distance,
+)
 
 INCEPTIONS = ('torchvision', 'tf')
 WEIGHTS_URLS = {'torchvision': torchvision.models.Inception_V3_Weights.IMAGENET1K_V1.url,
@@ -51,6 +65,8 @@ WEIGHTS_URLS = {'torchvision': torchvision.models.Inception_V3_Weights.IMAGENET1
 # First 8 hex digits of the published files' SHA-256, as their names carry them.
 WEIGHTS_SHA256 = {'torchvision': '0cc3c7bd', 'tf': '6726825d'}
 POOL_DIM = 2048
+NUM_FEATURES = 50000  # real features kept for KID and precision/recall (a random subset)
+PR_K = 3  # the k of the precision/recall k-NN balls (Kynkaenniemi et al.)
 
 PathLike = Union[str, os.PathLike]
 
@@ -235,16 +251,44 @@ def load_inception_net(*, inception: str = 'torchvision',
 
 # ----------------------------------------------------------------------------- statistics
 
+def feature_subset(num_images: int, max_features: int = NUM_FEATURES, seed: int = 0
+                   ) -> np.ndarray:
+    """Sorted positions of at most `max_features` of `num_images` images, drawn at random
+    without replacement with a fixed seed (all positions when there are no more)."""
+    if max_features >= num_images:
+        return np.arange(num_images)
+    return np.sort(np.random.RandomState(seed).choice(num_images, max_features, replace=False))
+
+
+def _all_gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Every rank's rows x [counts[rank], d], concatenated in rank order on every rank.
+
+    all_gather wants equal shapes: each rank's rows go padded to the largest count.
+    """
+    most = max(counts)
+    padded = x.new_zeros(most, x.shape[1])
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
 def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: int, *,
                                num_splits: int = 10, moments: bool = True,
+                               features: bool = False, feature_rows: Optional[Array] = None,
                                progress: Optional[Callable[[int], None]] = None
-                               ) -> tuple[ISAccumulator, Optional[MomentsAccumulator]]:
+                               ) -> Union[tuple[ISAccumulator, Optional[MomentsAccumulator]],
+                                          tuple[ISAccumulator, Optional[MomentsAccumulator],
+                                                torch.Tensor]]:
     """Run `net` over the first `num_images` images of `batches` (tensors or (x, y) pairs).
 
     Under DDP each rank runs its 1/world_size share and gets the statistics of all of them.
 
     Returns the IS accumulator and, with `moments`, the pool-feature moments accumulator;
-    `progress(n)` is called with the number of images of each batch.
+    `progress(n)` is called with the number of images of each batch. With `features` a
+    third item: the pool features [n, 2048] (float32, on the net's device, in sample order;
+    under DDP every rank gets all ranks'), of every image, or of those at the sorted
+    positions `feature_rows` among the num_images (see `feature_subset`).
     """
     device = next(net.parameters()).device
     # Under DDP each rank draws its share of the samples; the sums are all-reduced below.
@@ -254,6 +298,16 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
     total, num_images = num_images, (rank + 1) * num_images // world - start
     is_acc = ISAccumulator(total, num_splits, start)
     mom_acc = MomentsAccumulator(POOL_DIM, device) if moments else None
+    if features:  # positions of the kept features, and how many each rank keeps
+        rows = (torch.arange(total) if feature_rows is None
+                else torch.as_tensor(np.unique(np.asarray(feature_rows)), dtype=torch.long))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= total):
+            raise ValueError(f'feature_rows must lie in [0, {total}), got {int(rows[0])} to '
+                             f'{int(rows[-1])}')
+        bounds = torch.tensor([r * total // world for r in range(world + 1)])
+        counts = torch.searchsorted(rows, bounds).diff().tolist()
+        rows = rows[(rows >= start) & (rows < start + num_images)] - start  # this rank's
+        kept = []
     seen = 0
     with torch.no_grad():
         for batch in batches:
@@ -263,6 +317,9 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
             is_acc.update(F.softmax(logits.double(), dim=1))
             if mom_acc is not None:
                 mom_acc.update(pool)
+            if features:
+                mine = rows[(rows >= seen) & (rows < seen + x.shape[0])] - seen
+                kept.append(pool[mine.to(device)].float())
             seen += x.shape[0]
             if progress is not None:
                 progress(x.shape[0])
@@ -274,7 +331,10 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
         is_acc.all_reduce_()
         if mom_acc is not None:
             mom_acc.all_reduce_()
-    return is_acc, mom_acc
+    if not features:
+        return is_acc, mom_acc
+    feats = torch.cat(kept) if kept else torch.zeros(0, POOL_DIM, device=device)
+    return is_acc, mom_acc, _all_gather_rows(feats, counts) if world > 1 else feats
 
 
 # ----------------------------------------------------------------------------- moments files
@@ -365,21 +425,72 @@ def load_moments(path: PathLike, inception: str = 'torchvision', *,
     return mu, sigma
 
 
-# ----------------------------------------------------------------------------- IS / FID of G
+def features_file(moments_path: PathLike, inception: str = 'torchvision') -> Path:
+    """The real-features file of KID and precision/recall: the network's moments file with
+    `_features` before `.npz` (`<stem>_features.npz`, `<stem>_tf_features.npz`)."""
+    path = moments_file(moments_path, inception)
+    return path.with_name(f'{path.stem}_features{path.suffix}')
+
+
+def save_features(path: PathLike, feats: Array, inception: str, num_images: int) -> None:
+    """Write real pool features [n, 2048] (float32), the network's name and the number of
+    images they were drawn from, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp.npz')
+    np.savez(tmp, features=np.asarray(torch.as_tensor(feats).cpu(), np.float32),
+             inception=np.array(inception), num_images=np.array(num_images))
+    os.replace(tmp, path)
+
+
+def load_features(path: PathLike, inception: str = 'torchvision', *,
+                  resolution: Optional[int] = None,
+                  inception_weights: Optional[PathLike] = None) -> np.ndarray:
+    """Real pool features [n, 2048] (float32) from a features file, checking it exists and
+    fits the network, as `load_moments` does; the errors name the command that writes it."""
+    path = Path(path)
+    moments = path.with_name(path.name.removesuffix(f'_features{path.suffix}') + path.suffix)
+    command = _moments_command(moments, inception, resolution, inception_weights)
+    if not path.is_file():
+        raise FileNotFoundError(f'KID/precision-recall features file {path} not found; make '
+                                f'it (with the moments, in one pass) with: {command}')
+    with np.load(path) as f:
+        if 'features' not in f:
+            raise ValueError(f'{path} is not a features file: it lacks features')
+        feats = f['features'].astype(np.float32, copy=False)
+        made_with = str(f['inception']) if 'inception' in f else 'torchvision'
+    if feats.ndim != 2 or feats.shape[1] != POOL_DIM or len(feats) < 2:
+        raise ValueError(f'{path} holds features of shape {feats.shape}; KID and '
+                         f'precision/recall need at least 2 Inception pool features '
+                         f'(n, {POOL_DIM}). Remake it with: {command}')
+    if made_with != inception:
+        raise ValueError(f'{path} was made with the {made_with!r} Inception network, not '
+                         f'{inception!r}; remake it with: {command}')
+    return feats
+
+
+# ----------------------------------------------------------------------------- metrics of G
 
 def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision',
                           inception_weights: Optional[PathLike] = None,
-                          no_fid: bool = False, *, resolution: Optional[int] = None) -> None:
+                          no_fid: bool = False, *, resolution: Optional[int] = None,
+                          features: bool = False) -> None:
     """Fail now, not at the first test hours later: weights load and moments are usable.
 
     `moments_path` is the dataset's moments file (see `moments_file`); `resolution`, the
-    data's, completes the command suggested for a missing folder dataset's moments. Raises
+    data's, completes the command suggested for a missing folder dataset's moments. With
+    `features` (--which_best KID) the real-features file must be usable too. Raises
     FileNotFoundError or ValueError saying what to do.
     """
+    if features and no_fid:
+        raise ValueError('--which_best KID needs KID, which --no_fid switches off with FID: '
+                         'drop --no_fid, or keep the best checkpoints by IS')
     resolve_inception_weights(inception, inception_weights)  # cheap checks first
     if not no_fid:
         load_moments(moments_file(moments_path, inception), inception, resolution=resolution,
                      inception_weights=inception_weights)
+    if features:
+        load_features(features_file(moments_path, inception), inception,
+                      resolution=resolution, inception_weights=inception_weights)
     _load_weights(inception, inception_weights)
 
 
@@ -387,33 +498,54 @@ def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvis
                               inception_weights: Optional[PathLike] = None, *,
                               device: Optional[Union[str, torch.device]] = None,
                               no_fid: bool = False) -> Callable:
-    """Load the network and data moments; return get_inception_metrics (see its docstring).
+    """Load the network, data moments and real features; return get_inception_metrics.
 
     `moments_path` is the dataset's moments file (datasets.DatasetSpec.moments_path); the
     'tf' network reads `moments_file(moments_path, 'tf')`. With `no_fid` no moments are
-    read or computed and FID is returned as None.
+    read or computed and FID is returned as None. When the real-features file
+    (`features_file`) exists, KID and precision/recall are computed too (not with `no_fid`).
     """
-    data_mu = data_sigma = None
+    data_mu = data_sigma = real_feats = None
     if not no_fid:
         data_mu, data_sigma = load_moments(moments_file(moments_path, inception), inception,
                                            inception_weights=inception_weights)
+        path = features_file(moments_path, inception)
+        if path.is_file():  # on the CPU until used: 400 MB for 50k
+            real_feats = torch.from_numpy(load_features(path, inception,
+                                                        inception_weights=inception_weights))
     net = load_inception_net(inception=inception, inception_weights=inception_weights,
                              device=device)
+    real_radii = []  # the real features' k-NN radii, computed at the first call
 
     def get_inception_metrics(sample: Callable, num_inception_images: int, num_splits: int = 10
-                              ) -> tuple[float, float, Optional[float]]:
-        """(IS mean, IS std, FID or None) of num_inception_images drawn by repeated sample().
+                              ) -> InceptionMetrics:
+        """(IS mean, IS std, FID or None) of num_inception_images drawn by repeated sample(),
+        with .KID_mean, .KID_std, .precision, .recall (None without real features).
 
-        sample() returns (images in [-1, 1] [B, 3, R, R], labels); FID is computed on the
-        network's device. Prints nothing: under DDP every rank calls it.
+        A metrics.InceptionMetrics: unpacks into the three values 2019's function returned;
+        .record() gives the computed ones as a dict. sample() returns (images in [-1, 1]
+        [B, 3, R, R], labels). One pass over the samples feeds every metric; FID, KID and
+        precision/recall are computed on the network's device. Prints nothing: under DDP
+        every rank calls it (and gets the same numbers).
         """
         batches = (sample()[0] for _ in itertools.count())  # stops at N images
-        is_acc, mom_acc = accumulate_inception_stats(net, batches, num_inception_images,
-                                                     num_splits=num_splits, moments=not no_fid)
+        is_acc, mom_acc, *fake = accumulate_inception_stats(
+            net, batches, num_inception_images, num_splits=num_splits, moments=not no_fid,
+            features=real_feats is not None)
         IS_mean, IS_std = is_acc.compute()
         if no_fid:
-            return IS_mean, IS_std, None
+            return InceptionMetrics(IS_mean, IS_std, None)
         mu, sigma = mom_acc.compute()
-        return IS_mean, IS_std, torch_calculate_frechet_distance(mu, sigma, data_mu, data_sigma)
+        FID = torch_calculate_frechet_distance(mu, sigma, data_mu, data_sigma)
+        if real_feats is None:
+            return InceptionMetrics(IS_mean, IS_std, FID)
+        fake = fake[0]
+        real = real_feats.to(fake.device)
+        if not real_radii:
+            real_radii.append(knn_radii(real, PR_K))
+        KID_mean, KID_std = kernel_inception_distance(real, fake)
+        precision, recall = precision_recall(real, fake, k=PR_K, real_radii=real_radii[0])
+        return InceptionMetrics(IS_mean, IS_std, FID, KID_mean=KID_mean, KID_std=KID_std,
+                                precision=precision, recall=recall)
 
     return get_inception_metrics

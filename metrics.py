@@ -1,17 +1,20 @@
-"""Metric mathematics on features and class probabilities: IS, streaming moments, FID.
+"""Metric mathematics on features and class probabilities: IS, FID, KID, precision/recall.
 
 Nothing here knows which network made the numbers: inception_utils.py runs the Inception
-network and feeds these. Every statistic streams over batches in constant memory and
-all-reduces across DDP ranks. FID takes tr sqrtm(S1 S2) from the eigenvalues of a symmetric
+network and feeds these. IS and the FID moments stream over batches in constant memory and
+all-reduce across DDP ranks. FID takes tr sqrtm(S1 S2) from the eigenvalues of a symmetric
 PSD matrix similar to S1 S2, in float64: as exact as scipy's `sqrtm` reference, finite on
-rank-deficient covariances and 20x+ faster (see benchmarks/bench_fid.py). Further metrics
-of features (KID, precision/recall) belong here, one function each.
+rank-deficient covariances and 20x+ faster (see benchmarks/bench_fid.py). KID and
+precision/recall, the metrics for small data, take the features themselves (50k x 2048
+float32 is 400 MB) and agree with torch-fidelity's implementations (tests/test_metrics.py).
 
 Example:
     acc = MomentsAccumulator(2048)
     for feats in batches:  # [B, 2048] each
         acc.update(feats)
     fid = torch_calculate_frechet_distance(*acc.compute(), data_mu, data_sigma)
+    kid_mean, kid_std = kernel_inception_distance(real_feats, fake_feats)
+    precision, recall = precision_recall(real_feats, fake_feats)
 """
 from __future__ import annotations
 
@@ -208,3 +211,146 @@ def numpy_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array,
     """FID on the CPU, same method as the torch version (the 2019 name; scipy sqrtm is gone)."""
     return torch_calculate_frechet_distance(*(torch.as_tensor(t).cpu()
                                               for t in (mu1, sigma1, mu2, sigma2)))
+
+
+# ----------------------------------------------------------------------------- KID
+
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KID's kernel k(x, y) = (x . y / d + 1)^3 between the rows of x [n, d] and y [m, d]."""
+    return (x @ y.T / x.shape[1] + 1) ** 3  # [n, m]
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 of two samples of equal size m under `polynomial_kernel`.
+
+    The within-sample means leave out the diagonal, the cross mean takes all m^2 pairs (x
+    and y are independent): Binkowski et al.'s estimator, torch-fidelity's `mmd2` default.
+    """
+    m = len(x)
+    k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    within = k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()
+    return within / (m * (m - 1)) - 2 * k_xy.sum() / (m * m)
+
+
+def kernel_inception_distance(real: Array, fake: Array, *, num_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 2020) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018, "Demystifying MMD GANs"): (mean, std) over subsets of the
+    unbiased MMD^2 between real [n, d] and fake [m, d] features, cubic polynomial kernel.
+
+    Each subset takes `subset_size` rows without replacement from real, then from fake, by
+    np.random.RandomState(seed).choice: the draws of torch-fidelity's
+    `kid_features_to_metric(real, fake)` (its defaults: 100 subsets of 1000, seed 2020), so
+    with equal arguments the numbers agree. Unlike torch-fidelity, which refuses a subset
+    larger than a sample, `subset_size` is capped at min(n, m) (every subset is then a
+    permutation of the smaller sample). std is np.std's (ddof 0). The arithmetic is float64
+    on real's device. KID can be slightly negative: the estimator is unbiased.
+    """
+    real = torch.as_tensor(real)
+    fake = torch.as_tensor(fake).to(real.device)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f'KID needs features [n, d] of equal d, got {tuple(real.shape)} and '
+                         f'{tuple(fake.shape)}')
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise ValueError(f'KID needs at least 2 samples of each, got {len(real)} real and '
+                         f'{len(fake)} fake')
+    rng = np.random.RandomState(seed)
+    mmds = torch.empty(num_subsets, dtype=torch.float64, device=real.device)
+    for i in range(num_subsets):
+        rows_real = torch.from_numpy(rng.choice(len(real), size, replace=False))
+        rows_fake = torch.from_numpy(rng.choice(len(fake), size, replace=False))
+        x, y = (f[rows.to(real.device)].to(torch.float64)
+                for f, rows in ((real, rows_real), (fake, rows_fake)))
+        mmds[i] = mmd2_unbiased(x, y)
+    mmds = mmds.cpu().numpy()
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+# ----------------------------------------------------------------------------- precision/recall
+
+def _row_blocks(x: torch.Tensor, batch_size: Optional[int]) -> tuple[torch.Tensor, ...]:
+    """x in blocks of `batch_size` rows (None: one block)."""
+    return x.split(batch_size) if batch_size else (x,)
+
+
+def knn_radii(feats: Array, k: int = 3, batch_size: Optional[int] = 1024) -> torch.Tensor:
+    """Distance of each row of feats [n, d] to its k-th nearest other row: [n], float64.
+
+    The (k+1)-th smallest Euclidean distance from the row, its zero distance to itself being
+    the first (as Kynkaenniemi et al.'s code and torch-fidelity); an exact duplicate of the
+    row counts as a neighbour at distance 0. Rows go in blocks of `batch_size` against all
+    n (memory batch_size x n; None: the whole n x n at once).
+    """
+    x = torch.as_tensor(feats).to(torch.float64)
+    if len(x) <= k:
+        raise ValueError(f'k-NN radii with k = {k} need more than {k} samples, got {len(x)}')
+    return torch.cat([torch.cdist(block, x).kthvalue(k + 1, dim=1).values
+                      for block in _row_blocks(x, batch_size)])
+
+
+def _fraction_in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                       batch_size: Optional[int]) -> float:
+    """Fraction of the rows of points within distance radii[j] (<=) of some centres[j]."""
+    inside = [(torch.cdist(block, centres) <= radii).any(dim=1)
+              for block in _row_blocks(points, batch_size)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: Array, fake: Array, *, k: int = 3,
+                     batch_size: Optional[int] = 1024,
+                     real_radii: Optional[torch.Tensor] = None) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019): (precision, recall) of fake
+    [m, d] against real [n, d] features, on k-NN manifolds.
+
+    Each real sample has a ball of radius its distance to its k-th nearest other real
+    sample (`knn_radii`); precision is the fraction of fakes inside (distance <=) at least
+    one real ball, recall the fraction of reals inside at least one fake ball. These are the
+    conventions of the paper's code and of torch-fidelity's `prc_features_to_metric`
+    (features_1 fake, features_2 real), which this matches; distances are float64 here,
+    where torch-fidelity uses the features' dtype. Distances go in blocks of `batch_size`
+    rows (memory batch_size x max(n, m); None: whole matrices). `real_radii`, the real
+    samples' `knn_radii` with the same k, spares recomputing them when real is reused.
+    """
+    x = torch.as_tensor(real).to(torch.float64)
+    y = torch.as_tensor(fake).to(x.device, torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f'precision/recall need features [n, d] of equal d, got '
+                         f'{tuple(x.shape)} and {tuple(y.shape)}')
+    if real_radii is None:
+        real_radii = knn_radii(x, k, batch_size)
+    elif real_radii.shape != (len(x),):
+        raise ValueError(f'real_radii has shape {tuple(real_radii.shape)}, real has {len(x)} '
+                         f'samples')
+    fake_radii = knn_radii(y, k, batch_size)
+    precision = _fraction_in_balls(y, x, real_radii.to(x.device, torch.float64), batch_size)
+    recall = _fraction_in_balls(x, y, fake_radii, batch_size)
+    return precision, recall
+
+
+# ----------------------------------------------------------------------------- results
+
+class InceptionMetrics(tuple):
+    """What get_inception_metrics returns: (IS_mean, IS_std, FID) as in 2019, unpacking into
+    exactly those three, with KID_mean, KID_std, precision and recall as attributes (None
+    when not computed)."""
+
+    KEYS = ('IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'precision', 'recall')
+
+    def __new__(cls, IS_mean: float, IS_std: float, FID: Optional[float] = None, *,
+                KID_mean: Optional[float] = None, KID_std: Optional[float] = None,
+                precision: Optional[float] = None, recall: Optional[float] = None):
+        self = super().__new__(cls, (IS_mean, IS_std, FID))
+        self.KID_mean, self.KID_std = KID_mean, KID_std
+        self.precision, self.recall = precision, recall
+        return self
+
+    def record(self) -> dict:
+        """IS_mean, IS_std and FID (None with --no_fid), and those of KID_mean, KID_std,
+        precision, recall that were computed, as floats for a jsonl log."""
+        values = dict(zip(self.KEYS, (*self, self.KID_mean, self.KID_std, self.precision,
+                                      self.recall)))
+        return {k: None if v is None else float(v) for k, v in values.items()
+                if v is not None or k in self.KEYS[:3]}
+
+    def __repr__(self) -> str:
+        return 'InceptionMetrics(' + ', '.join(f'{k}={v!r}' for k, v in self.record().items()) + ')'

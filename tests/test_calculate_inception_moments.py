@@ -68,10 +68,11 @@ def run(path, weights_path, *extra) -> None:
               '--inception_weights', str(weights_path), '--num_splits', '2', *extra])
 
 
-def test_moments_equal_numpy_over_the_same_features(hdf5, weights, capsys):
+def test_moments_and_features_equal_numpy_over_the_same_features(hdf5, weights, capsys):
     path, imgs = hdf5
     run(path, weights['torchvision'])
     assert 'has IS of' in capsys.readouterr().out
+    features = iu.load_features(path.parent / 'tiny_inception_moments_features.npz')
     with np.load(path.parent / 'tiny_inception_moments.npz') as f:
         mu, sigma, kind = f['mu'], f['sigma'], str(f['inception'])
     assert mu.dtype == sigma.dtype == np.float64 and kind == 'torchvision'
@@ -85,14 +86,26 @@ def test_moments_equal_numpy_over_the_same_features(hdf5, weights, capsys):
     np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-5, atol=1e-6 * np.abs(mu).max())
     ref = np.cov(feats, rowvar=False)
     np.testing.assert_allclose(sigma, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    # The same pass kept every image's features (10 < --num_features 50000), in order.
+    assert features.dtype == np.float32 and features.shape == (10, 2048)
+    np.testing.assert_allclose(features, feats, rtol=1e-4, atol=1e-5 * np.abs(feats).max())
+    # At most --num_features: a subset drawn with a fixed seed.
+    run(path, weights['torchvision'], '--num_features', '6')
+    assert 'Saved the features of 6 of them' in capsys.readouterr().out
+    with np.load(path.parent / 'tiny_inception_moments_features.npz') as f:
+        subset, count = f['features'], int(f['num_images'])
+    rows = iu.feature_subset(10, 6)
+    assert count == 10 and len(set(rows)) == 6
+    np.testing.assert_allclose(subset, feats[rows], rtol=1e-4, atol=1e-5 * np.abs(feats).max())
 
 
 def test_tf_network_writes_its_own_file(hdf5, weights):
     path, _ = hdf5
-    run(path, weights['tf'], '--inception', 'tf', '--shuffle')
+    run(path, weights['tf'], '--inception', 'tf', '--shuffle', '--num_features', '0')
     mu, sigma = iu.load_moments(path.parent / 'tiny_inception_moments_tf.npz', 'tf')
     assert np.isfinite(sigma).all() and np.abs(mu).max() > 0
     assert not (path.parent / 'tiny_inception_moments.npz').exists()
+    assert not list(path.parent.glob('*features*'))  # --num_features 0: no features file
 
 
 def test_fewer_images_than_splits_is_an_error(hdf5, weights):
@@ -116,6 +129,7 @@ def test_2019_flags_and_defaults():
         'I128_hdf5', 'data', 64, 8)
     assert (args.parallel, args.augment, args.shuffle, args.seed) == (False, False, False, 0)
     assert (args.inception, args.inception_weights) == ('torchvision', '')
+    assert args.num_features == 50000
 
 
 def suggested_command(spec: datasets.DatasetSpec, inception: str, weights: Path,
@@ -167,3 +181,25 @@ def test_suggested_command_names_only_data_that_writes_the_missing_file(tmp_path
     (data / 'ImageNet').mkdir()  # the folder I64 reads, and no ILSVRC64.hdf5
     with pytest.raises(FileNotFoundError, match='--dataset I64 --data_root .* --inception tf'):
         iu.load_moments(data / 'I64_inception_moments_tf.npz', 'tf')
+
+
+def test_missing_features_error_suggests_a_command_that_writes_them(tmp_path, weights):
+    """--which_best KID's check: the error names the features file and a command that,
+    run as given, writes it (the moments exist: a 2019 moments file, say)."""
+    data = tmp_path / 'data'
+    write_hdf5(data / 'mini_32.hdf5')
+    spec = datasets.resolve_dataset(str(data / 'mini_32.hdf5'), str(data))
+    iu.save_moments(spec.moments_path, np.zeros(2048), np.eye(2048), 'torchvision')
+    iu.check_inception_ready(spec.moments_path, 'torchvision', weights['torchvision'])
+    missing = iu.features_file(spec.moments_path, 'torchvision')
+    assert missing == data / 'mini_32_inception_moments_features.npz'
+    with pytest.raises(FileNotFoundError, match='make it .* with: ') as err:
+        iu.check_inception_ready(spec.moments_path, 'torchvision', weights['torchvision'],
+                                 features=True)
+    assert str(missing) in str(err.value)
+    argv = shlex.split(str(err.value).split(' with: ')[1])
+    assert argv[:2] == ['python', 'calculate_inception_moments.py']
+    cim.main(argv[2:] + ['--num_workers', '0'])
+    iu.check_inception_ready(spec.moments_path, 'torchvision', weights['torchvision'],
+                             features=True)
+    assert len(iu.load_features(missing)) == 10

@@ -169,22 +169,30 @@ def _metrics_worker(rank, world, init_file, images, out):
                             world_size=world)
     n = len(images)
     mine = images[rank * n // world:(rank + 1) * n // world]
-    is_acc, mom_acc = inception_utils.accumulate_inception_stats(
-        _FakeInception(), mine.split(4), n, num_splits=5)
-    torch.save({'IS': is_acc.compute(), 'moments': mom_acc.compute()}, f'{out}{rank}.pt')
+    is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
+        _FakeInception(), mine.split(4), n, num_splits=5, features=True)
+    *_, some = inception_utils.accumulate_inception_stats(  # uneven counts of kept rows
+        _FakeInception(), mine.split(4), n, moments=False, features=True,
+        feature_rows=FEATURE_ROWS)
+    torch.save({'IS': is_acc.compute(), 'moments': mom_acc.compute(), 'features': feats,
+                'some': some}, f'{out}{rank}.pt')
     dist.destroy_process_group()
 
 
+FEATURE_ROWS = [0, 13, 14, 30]  # of 31 images: 3 on rank 0 ([0, 15)), 1 on rank 1 ([15, 31))
+
+
 def test_inception_metrics_across_ranks_equal_one_process(tmp_path):
-    """Each rank scores its share of the samples; the all-reduced IS and moments are exact."""
+    """Each rank scores its share of the samples; the all-reduced IS and moments are exact,
+    and every rank gets all ranks' features in sample order (31 images: uneven shares)."""
     import torch.multiprocessing as mp
 
     import inception_utils
-    images = torch.rand(30, 3, 8, 8) * 2 - 1
+    images = torch.rand(31, 3, 8, 8) * 2 - 1
     mp.spawn(_metrics_worker, args=(2, str(tmp_path / 'init'), images, str(tmp_path / 'r')),
              nprocs=2)
-    is_acc, mom_acc = inception_utils.accumulate_inception_stats(
-        _FakeInception(), images.split(4), 30, num_splits=5)
+    is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
+        _FakeInception(), images.split(4), 31, num_splits=5, features=True)
     mu, sigma = mom_acc.compute()
     for rank in range(2):
         got = torch.load(tmp_path / f'r{rank}.pt', weights_only=False)
@@ -192,6 +200,9 @@ def test_inception_metrics_across_ranks_equal_one_process(tmp_path):
         assert got['IS'] == pytest.approx(is_acc.compute(), rel=1e-5)
         torch.testing.assert_close(got['moments'][0], mu, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got['moments'][1], sigma, rtol=1e-5, atol=1e-7)
+        assert got['features'].shape == (31, 2048)
+        torch.testing.assert_close(got['features'], feats, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got['some'], feats[FEATURE_ROWS], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not os.environ.get('BIGGAN_SLOW_TESTS'),

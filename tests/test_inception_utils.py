@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchvision
 
 import inception_utils as iu
+import metrics
 
 pytestmark = pytest.mark.filterwarnings('ignore::inception_utils.InceptionWeightsWarning')
 
@@ -217,3 +218,120 @@ def test_prepare_inception_metrics_end_to_end(tmp_path, weights, capsys):
         pytest.approx(IS_mean), pytest.approx(IS_std), None)
     with pytest.raises(FileNotFoundError, match='calculate_inception_moments.py'):
         iu.check_inception_ready(tmp_path / 'absent.npz', 'torchvision', weights['torchvision'])
+
+
+# ----------------------------------------------------------------------------- KID, P/R
+
+class TinyNet(torch.nn.Module):
+    """A cheap stand-in network: (pool [B, 2048], logits [B, 10]) of 8x8 images."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = torch.nn.Linear(3 * 8 * 8, iu.POOL_DIM)
+        self.fc = torch.nn.Linear(iu.POOL_DIM, 10)
+
+    def forward(self, x):
+        pool = self.pool(x.flatten(1)).relu()
+        return pool, self.fc(pool)
+
+
+def test_accumulate_keeps_the_features_of_the_chosen_rows():
+    net, x = TinyNet(), torch.rand(23, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        pool = net(x)[0]
+    batches = list(x.split(5)) + [x[:5]]  # more than needed: the 23rd image ends the pass
+    assert len(iu.accumulate_inception_stats(net, batches, 23, num_splits=2)) == 2
+    _, mom_acc, feats = iu.accumulate_inception_stats(net, batches, 23, num_splits=2,
+                                                      features=True)
+    assert feats.dtype == torch.float32 and feats.shape == (23, iu.POOL_DIM)
+    torch.testing.assert_close(feats, pool)
+    torch.testing.assert_close(mom_acc.compute()[0], pool.double().mean(0))
+    rows = iu.feature_subset(23, 9)
+    assert len(rows) == 9 and list(rows) == sorted(set(rows)) and rows[-1] < 23
+    assert list(iu.feature_subset(23, 9)) == list(rows)  # a fixed seed
+    assert list(iu.feature_subset(23, 50)) == list(range(23))  # no more than there are
+    _, none, feats = iu.accumulate_inception_stats(net, batches, 23, num_splits=2,
+                                                   moments=False, features=True,
+                                                   feature_rows=rows)
+    assert none is None
+    torch.testing.assert_close(feats, pool[torch.from_numpy(rows)])
+    with pytest.raises(ValueError, match=r'feature_rows must lie in \[0, 23\)'):
+        iu.accumulate_inception_stats(net, batches, 23, features=True, feature_rows=[3, 23])
+
+
+def test_features_file_round_trip_and_errors(tmp_path):
+    moments = tmp_path / 'I128_hdf5_inception_moments.npz'
+    path = iu.features_file(moments, 'torchvision')
+    assert path.name == 'I128_hdf5_inception_moments_features.npz'
+    assert iu.features_file(moments, 'tf').name == 'I128_hdf5_inception_moments_tf_features.npz'
+    with pytest.raises(FileNotFoundError, match=f'features file {path} not found; make it .*'
+                       'python calculate_inception_moments.py --dataset I128_hdf5 '):
+        iu.load_features(path)
+    feats = np.random.default_rng(0).random((5, 2048)).astype(np.float64)
+    iu.save_features(path, feats, 'torchvision', num_images=9)
+    got = iu.load_features(path, 'torchvision')
+    assert got.dtype == np.float32 and np.array_equal(got, feats.astype(np.float32))
+    with np.load(path) as f:
+        assert str(f['inception']) == 'torchvision' and int(f['num_images']) == 9
+    with pytest.raises(ValueError, match="made with the 'torchvision' Inception network, not "
+                       "'tf'; remake it with: .* --inception tf"):
+        iu.load_features(path, 'tf')
+    iu.save_features(path, feats[:, :64], 'torchvision', num_images=9)
+    with pytest.raises(ValueError, match=r'shape \(5, 64\).*Remake it with'):
+        iu.load_features(path)
+
+
+def test_get_inception_metrics_adds_kid_and_pr_from_the_same_pass(tmp_path, monkeypatch):
+    """KID and P/R when the features file exists, computed by metrics.py on the features of
+    the one pass that gives IS and FID. The network is TinyNet: this tests the plumbing."""
+    net = TinyNet()
+    monkeypatch.setattr(iu, 'load_inception_net', lambda **kwargs: net)
+    real = torch.rand(40, 3, 8, 8) * 2 - 1
+    _, moments, feats = iu.accumulate_inception_stats(net, real.split(16), 40, features=True)
+    path = tmp_path / 'demo_inception_moments.npz'
+    iu.save_moments(path, *moments.compute(), 'torchvision')
+
+    def prepare(no_fid=False):
+        get_metrics = iu.prepare_inception_metrics(path, 'torchvision', device='cpu',
+                                                   no_fid=no_fid)
+
+        def metrics_of(x):  # a fake G: batches of 8 of fixed images, as (images, labels)
+            batches = iter(x.split(8))
+            return get_metrics(lambda: (next(batches), torch.zeros(8)), len(x), num_splits=2)
+        return metrics_of
+
+    fake = torch.cat([real[:16] * 0.98, torch.rand(16, 3, 8, 8) * 2 - 1])  # half near data
+    without = prepare()(fake)  # no features file yet: IS and FID only
+    assert without.KID_mean is None and without.precision is None
+    assert set(without.record()) == {'IS_mean', 'IS_std', 'FID'}
+    iu.save_features(iu.features_file(path), feats, 'torchvision', num_images=40)
+
+    seen = {}  # spies: the features the metrics were computed on
+
+    def spy_on(name):
+        original = getattr(iu, name)
+
+        def spy(real, fake, **kwargs):
+            seen[name] = (real.clone(), fake.clone())
+            return original(real, fake, **kwargs)
+        monkeypatch.setattr(iu, name, spy)
+    spy_on('kernel_inception_distance')
+    spy_on('precision_recall')
+    result = prepare()(fake)
+    IS_mean, IS_std, FID = result  # the 2019 three values
+    assert (IS_mean, IS_std, FID) == without
+    real_seen, fake_seen = seen['kernel_inception_distance']
+    assert torch.equal(real_seen, feats)
+    with torch.no_grad():
+        torch.testing.assert_close(fake_seen, net(fake)[0])  # the samples' pool features
+    assert all(torch.equal(a, b) for a, b in zip(seen['precision_recall'], (real_seen,
+                                                                            fake_seen)))
+    assert (result.KID_mean, result.KID_std) == (
+        metrics.kernel_inception_distance(real_seen, fake_seen))
+    assert (result.precision, result.recall) == metrics.precision_recall(real_seen, fake_seen)
+    assert result.KID_std > 0 and 0 < result.precision < 1 and 0 < result.recall < 1
+    assert set(result.record()) == set(metrics.InceptionMetrics.KEYS)
+    is_only = prepare(no_fid=True)(fake)  # --no_fid: no FID, KID or P/R
+    assert is_only == (pytest.approx(IS_mean), pytest.approx(IS_std), None)
+    assert is_only.KID_mean is None and is_only.precision is None

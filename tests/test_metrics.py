@@ -1,5 +1,7 @@
-"""Tests of metrics.py: FID against scipy and exact references, IS by hand, streaming moments."""
+"""Tests of metrics.py: FID against scipy and exact references, IS by hand, streaming moments,
+KID and precision/recall against torch-fidelity and by hand."""
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -142,3 +144,145 @@ def test_streaming_moments_equal_numpy():
         one = metrics.MomentsAccumulator(16)
         one.update(torch.zeros(1, 16))
         one.compute()
+
+
+# ----------------------------------------------------------------------------- KID, P/R
+
+def relu_features(n: int, dim: int, seed: int, shift: float = 0.0, scale: float = 1.0
+                  ) -> torch.Tensor:
+    """n float64 features [n, dim], >= 0 like Inception pool features."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, dim, generator=g, dtype=torch.float64) * scale + shift).relu()
+
+
+@pytest.mark.parametrize('n_real, n_fake, dim, subset_size, seed', [
+    (500, 400, 64, 300, 0), (300, 450, 2048, 200, 1),
+    (250, 300, 128, 1000, 2)])  # a subset larger than the smaller sample: capped at 250
+def test_kid_matches_torch_fidelity(n_real, n_fake, dim, subset_size, seed):
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    real = relu_features(n_real, dim, seed)
+    fake = relu_features(n_fake, dim, seed + 100, shift=0.05, scale=1.1)
+    mean, std = metrics.kernel_inception_distance(real, fake, num_subsets=10,
+                                                  subset_size=subset_size, seed=seed)
+    # torch-fidelity refuses a subset larger than a sample: give it the capped size.
+    ref = kid_features_to_metric(real, fake, kid_subsets=10, rng_seed=seed, verbose=False,
+                                 kid_subset_size=min(subset_size, n_real, n_fake))
+    assert mean == pytest.approx(ref['kernel_inception_distance_mean'], rel=0, abs=1e-6)
+    assert std == pytest.approx(ref['kernel_inception_distance_std'], rel=0, abs=1e-6)
+    assert mean > 5 * std > 0  # different distributions, subsets that differ
+    # float32 features (as the Inception net gives) are taken in float64 all the same.
+    assert metrics.kernel_inception_distance(
+        real.float(), fake.float(), num_subsets=10, subset_size=subset_size, seed=seed
+    ) == pytest.approx((mean, std), rel=1e-5)
+
+
+def test_kid_and_pr_defaults_are_torch_fidelitys():
+    """With the same defaults, the same seed and features give the same numbers."""
+    from torch_fidelity.defaults import DEFAULTS
+    kid = inspect.signature(metrics.kernel_inception_distance).parameters
+    assert (kid['num_subsets'].default, kid['subset_size'].default, kid['seed'].default) == (
+        DEFAULTS['kid_subsets'], DEFAULTS['kid_subset_size'], DEFAULTS['rng_seed'])
+    assert (DEFAULTS['kid_kernel'], DEFAULTS['kid_kernel_poly_degree'],
+            DEFAULTS['kid_kernel_poly_gamma'], DEFAULTS['kid_kernel_poly_coef0']) == (
+        'poly', 3, None, 1)  # (x.y / d + 1)^3, as polynomial_kernel
+    assert inspect.signature(metrics.precision_recall).parameters['k'].default == (
+        DEFAULTS['prc_neighborhood'])
+
+
+def test_polynomial_kernel_and_mmd_by_hand():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    k = metrics.polynomial_kernel(x, y)  # (x.y / 2 + 1)^3
+    torch.testing.assert_close(k, torch.tensor([[1.5 ** 3, 2.0 ** 3], [2.0 ** 3, 1.0]],
+                                               dtype=torch.float64))
+    # within x: off-diagonal (0 / 2 + 1)^3 = 1 twice; within y: (2 / 2 + 1)^3 = 8 twice.
+    expected = (2 * 1 + 2 * 8) / 2 - 2 * (1.5 ** 3 + 8 + 8 + 1) / 4
+    assert float(metrics.mmd2_unbiased(x, y)) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize('n_real, n_fake, dim, seed, scale, duplicates', [
+    (500, 400, 64, 0, 1.1, 0), (300, 250, 2048, 1, 1.01, 0), (350, 200, 16, 2, 1.05, 40)])
+def test_precision_recall_matches_torch_fidelity(n_real, n_fake, dim, seed, scale, duplicates):
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    real = relu_features(n_real, dim, seed)
+    fake = relu_features(n_fake, dim, seed + 100, shift=0.02, scale=scale)
+    if duplicates:  # repeated rows: the k-th neighbour may be at distance 0
+        real[-duplicates:] = real[:duplicates]
+        fake[-duplicates // 2:] = real[:duplicates // 2]
+    ours = metrics.precision_recall(real, fake, batch_size=96)
+    assert 0.05 < ours[0] < 0.95 and 0.05 < ours[1] < 0.95  # neither all nor nothing
+    for save_cpu_ram in (False, True):  # its whole-matrix and its batched routes
+        # torch-fidelity's features_1 is the generated sample, features_2 the real one.
+        ref = prc_features_to_metric(fake, real, prc_batch_size=256, save_cpu_ram=save_cpu_ram,
+                                     verbose=False)
+        assert ours == pytest.approx((ref['precision'], ref['recall']), rel=0, abs=1e-6)
+
+
+def test_precision_recall_by_hand():
+    """1-D points, k = 1: the radii, and a fake exactly on a ball's boundary counts (<=)."""
+    real = torch.tensor([[0.0], [1.0], [3.0]])  # radii (1st other neighbour): 1, 1, 2
+    fake = torch.tensor([[2.0], [5.0], [-1.5]])  # radii: 3, 3, 3.5
+    torch.testing.assert_close(metrics.knn_radii(real, k=1),
+                               torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64))
+    # 2 is within 1 of 1; 5 is exactly 2 from 3 (radius 2); -1.5 is 1.5 from 0 (radius 1).
+    # Every real is within 3.5 of -1.5 or within 3 of 2.
+    assert metrics.precision_recall(real, fake, k=1) == (2 / 3, 1.0)
+
+
+def test_identical_and_far_apart_sets():
+    x = relu_features(300, 32, seed=3)
+    assert metrics.precision_recall(x, x, batch_size=None) == (1.0, 1.0)
+    # Identical sets, subsets of all 300: every subset is the whole set, and with S the sum
+    # of the kernel matrix and T its trace, MMD^2 = 2 (S - T) / (m (m - 1)) - 2 S / m^2.
+    k = metrics.polynomial_kernel(x, x)
+    S, T, m = float(k.sum()), float(k.trace()), 300
+    mean, std = metrics.kernel_inception_distance(x, x, num_subsets=5, subset_size=10_000)
+    assert mean == pytest.approx(2 * (S - T) / (m * (m - 1)) - 2 * S / m ** 2, rel=1e-9)
+    assert std < 1e-12
+    # Another sample of the same distribution: KID is 0 in expectation (and may go below).
+    same = metrics.kernel_inception_distance(x, relu_features(300, 32, seed=4),
+                                             num_subsets=50, subset_size=200)
+    shifted = metrics.kernel_inception_distance(x, relu_features(300, 32, seed=4, shift=0.2),
+                                                num_subsets=50, subset_size=200)
+    assert abs(same[0]) < 2 * same[1] and shifted[0] > 10 * abs(same[0])
+    far = x + 100
+    assert metrics.precision_recall(x, far) == (0.0, 0.0)
+    assert metrics.kernel_inception_distance(x, far, num_subsets=5)[0] > 1e3
+
+
+def test_batched_precision_recall_equals_unbatched():
+    real = relu_features(130, 48, seed=5)
+    fake = relu_features(110, 48, seed=6, scale=1.1)
+    real[100:110] = real[:10]  # duplicates: their k-th neighbour counts the twin at 0
+    whole = metrics.precision_recall(real, fake, batch_size=None)
+    for batch_size in (1, 7, 64, 1000):
+        assert metrics.precision_recall(real, fake, batch_size=batch_size) == whole
+    radii = metrics.knn_radii(real, k=3, batch_size=17)
+    d = np.sqrt(((real.numpy()[:, None] - real.numpy()[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)  # the k-th nearest *other* sample
+    np.testing.assert_allclose(radii.numpy(), np.sort(d, axis=1)[:, 2], rtol=1e-12)
+    torch.testing.assert_close(radii[:10], radii[100:110], rtol=1e-12, atol=0)
+    assert metrics.precision_recall(real, fake, real_radii=radii) == whole
+
+
+def test_kid_and_precision_recall_refuse_too_few_samples():
+    x = relu_features(10, 8, seed=7)
+    with pytest.raises(ValueError, match='at least 2 samples of each, got 10 real and 1 fake'):
+        metrics.kernel_inception_distance(x, x[:1])
+    with pytest.raises(ValueError, match='k = 3 need more than 3 samples, got 3'):
+        metrics.precision_recall(x, x[:3])
+    with pytest.raises(ValueError, match='equal d'):
+        metrics.kernel_inception_distance(x, x[:, :4])
+
+
+def test_inception_metrics_unpack_into_the_2019_three_values():
+    result = metrics.InceptionMetrics(5.0, 0.5, 30.0, KID_mean=0.02, KID_std=0.001,
+                                      precision=0.7, recall=0.4)
+    IS_mean, IS_std, FID = result
+    assert (IS_mean, IS_std, FID) == (5.0, 0.5, 30.0) and result == (5.0, 0.5, 30.0)
+    assert (result.KID_mean, result.precision, result.recall) == (0.02, 0.7, 0.4)
+    assert result.record() == dict(IS_mean=5.0, IS_std=0.5, FID=30.0, KID_mean=0.02,
+                                   KID_std=0.001, precision=0.7, recall=0.4)
+    is_only = metrics.InceptionMetrics(5.0, 0.5, None)
+    assert is_only.KID_mean is None and is_only.record() == dict(IS_mean=5.0, IS_std=0.5,
+                                                                 FID=None)
