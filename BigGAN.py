@@ -10,7 +10,7 @@ plus `resolution` and `n_classes`); G ignores the `D_*` keys and D the `G_*` one
 from __future__ import annotations
 
 import functools
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -314,31 +314,48 @@ def unwrap(net: nn.Module) -> nn.Module:
 
 
 class G_D(nn.Module):
-    """Runs G then D in one forward, so DataParallel/DDP need not gather G's output."""
+    """Runs G then D in one forward, so DataParallel/DDP need not gather G's output.
 
-    def __init__(self, G: nn.Module, D: nn.Module):
+    `augment` (DiffAugment) transforms every image D sees, fakes and reals alike, in the D
+    and the G step; `cr_transform` is the transform T of consistency regularisation.
+    """
+
+    def __init__(self, G: nn.Module, D: nn.Module, *, augment: Optional[Callable] = None,
+                 cr_transform: Optional[Callable] = None):
         super().__init__()
         self.G, self.D = G, D
+        self.augment, self.cr_transform = augment, cr_transform
 
     def forward(self, z: torch.Tensor, gy: torch.Tensor, x: Optional[torch.Tensor] = None,
                 dy: Optional[torch.Tensor] = None, *, train_G: bool = False,
-                return_G_z: bool = False, split_D: bool = False):
+                return_G_z: bool = False, split_D: bool = False, consistency: bool = False):
         """D(G(z, gy)) and, with reals x, D(x, dy): fakes and reals share one D pass.
 
+        With `consistency` (and x) it also returns D(T(x), dy), T = `cr_transform`, from the
+        same pass: (D_fake, D_real, D_real_T).
         Under DDP, G and D are wrapped separately and only the net being trained runs
         through its wrapper: the frozen one has no gradients to all-reduce.
         """
         G, D = (self.G, unwrap(self.D)) if train_G else (unwrap(self.G), self.D)
         with torch.set_grad_enabled(train_G):
             G_z = G(z, unwrap(self.G).shared(gy))
+        if x is not None and consistency:
+            x, dy = torch.cat([x, self.cr_transform(x)], 0), torch.cat([dy, dy], 0)
+        see = self.augment or (lambda images: images)
         if split_D:
-            D_fake = D(G_z, gy)
+            D_fake = D(see(G_z), gy)
             if x is not None:
-                return D_fake, D(x, dy)
+                return (D_fake, *self._reals(D(see(x), dy), consistency))
             return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
+        D_input = see(torch.cat([G_z, x], 0) if x is not None else G_z)
         D_class = torch.cat([gy, dy], 0) if dy is not None else gy
         D_out = D(D_input, D_class)
         if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])  # D_fake, D_real
+            D_fake, D_real = torch.split(D_out, [G_z.shape[0], x.shape[0]])
+            return (D_fake, *self._reals(D_real, consistency))
         return (D_out, G_z) if return_G_z else D_out
+
+    @staticmethod
+    def _reals(D_real: torch.Tensor, consistency: bool) -> tuple[torch.Tensor, ...]:
+        """(D_real,), or (D_real, D_real_T) from the two halves of a consistency batch."""
+        return tuple(D_real.chunk(2)) if consistency else (D_real,)

@@ -94,6 +94,11 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) 
     return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """--mirror_augment: flip left-right half the time."""
+    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
+
+
 def draw_generator(seed: int, draw: int) -> torch.Generator:
     """The RNG of one draw of the data stream: augmentations as a pure function of (seed, draw)."""
     state = np.random.SeedSequence([seed, draw]).generate_state(1, np.uint64)[0]
@@ -156,6 +161,7 @@ class ImageDataset(Dataset):
     def __init__(self, labels: np.ndarray, augment: bool = False):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.augment = augment
+        self.mirror = False  # --mirror_augment: flips only (get_data_loaders sets it)
         self.augment_seed = 0  # get_data_loaders sets the run's seed
 
     def __len__(self) -> int:
@@ -176,10 +182,45 @@ class ImageDataset(Dataset):
         index, draw = key if isinstance(key, tuple) else (key, None)
         img, label = self.item(index)
         x = to_float(img)
-        if self.augment:
+        if self.augment or self.mirror:
             gen = None if draw is None else draw_generator(self.augment_seed, draw)
-            x = random_crop_flip(x, gen)
+            x = random_crop_flip(x, gen) if self.augment else random_flip(x, gen)
         return x, label
+
+
+class SubsetDataset(Dataset):
+    """A fixed subset of a dataset (--num_samples), indexed 0..N-1; draws pass through."""
+
+    def __init__(self, data: ImageDataset, indices: np.ndarray):
+        self.data, self.indices = data, np.asarray(indices, dtype=np.int64)
+        self.labels = data.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, draw = key if isinstance(key, tuple) else (key, None)
+        i = int(self.indices[index])
+        return self.data[i if draw is None else (i, draw)]
+
+
+def choose_subset(num_images: int, num_samples: int, seed: int,
+                  recorded: np.ndarray | None = None) -> np.ndarray:
+    """The sorted indices of --num_samples images, drawn with --seed (numpy's legacy
+    RandomState, whose streams never change), or the ones a run recorded (checked)."""
+    if num_samples > num_images:
+        raise ValueError(f'--num_samples {num_samples}, but the dataset has {num_images} '
+                         f'images: give at most {num_images} (or 0 for all)')
+    if recorded is not None:
+        recorded = np.asarray(recorded, dtype=np.int64)
+        if len(recorded) != num_samples or (len(recorded) and recorded.max() >= num_images):
+            raise ValueError(f'the run trained on a subset of {len(recorded)} images (largest '
+                             f'index {recorded.max() if len(recorded) else None}) that does '
+                             f'not fit --num_samples {num_samples} of this dataset\'s '
+                             f'{num_images} images: resume it on the data it was started on')
+        return recorded
+    rng = np.random.RandomState(seed)
+    return np.sort(rng.choice(num_images, num_samples, replace=False))
 
 
 class ArrayDataset(ImageDataset):
@@ -459,17 +500,25 @@ def get_data_loaders(dataset: str, data_root: str = 'data', *, resolution: int |
                      drop_last: bool = True, start_itr: int = 0, num_epochs: int = 500,
                      use_multiepoch_sampler: bool = False, seed: int = 0, rank: int = 0,
                      world_size: int = 1, unconditional: bool = False, minibatches: int = 1,
-                     **kwargs) -> list[DataLoader]:
+                     mirror_augment: bool = False, num_samples: int = 0,
+                     subset: np.ndarray | None = None, **kwargs) -> list[DataLoader]:
     """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
 
     `shuffle` applies without `use_multiepoch_sampler` only: that sampler always shuffles.
     `minibatches`: how many minibatches train.py cuts each batch into (D steps x
     accumulations); under DDP each rank's batch holds its slice of every global minibatch.
+    `num_samples`: train on that many images, chosen by `seed` (or the `subset` a run
+    recorded); the loader's dataset then has their `indices`.
     Other run-config keys in kwargs are ignored (train.py passes its whole config).
     """
     spec = resolve_dataset(dataset, data_root, resolution=resolution,
                            single_class_ok=unconditional)
     data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem, warn=rank == 0)
+    # Augmentations are drawn per stream position, from the run's seed: the same crops and
+    # flips whatever the worker count, on every rank count, and after a resume.
+    data.augment_seed, data.mirror = seed, mirror_augment
+    if num_samples or subset is not None:
+        data = SubsetDataset(data, choose_subset(len(data), num_samples, seed, subset))
     slow_reads = isinstance(data, HDF5Dataset) and data.compression and data.imgs is None
     if (shuffle or use_multiepoch_sampler) and slow_reads and rank == 0:
         warnings.warn(
@@ -479,15 +528,12 @@ def get_data_loaders(dataset: str, data_root: str = 'data', *, resolution: int |
             f'128x128), which starves training of data. Pass --load_in_mem, or repack '
             f'without --compression.', stacklevel=2)
     shard = dict(seed=seed, rank=rank, world_size=world_size, minibatches=minibatches,
-                 draws=augment)
+                 draws=augment or mirror_augment)
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(len(data), num_epochs, batch_size, start_itr=start_itr,
                                     **shard)
     else:
         sampler = EpochSampler(len(data), batch_size, shuffle=shuffle, **shard)
-    # Augmentations are drawn per stream position, from the run's seed: the same crops and
-    # flips whatever the worker count, on every rank count, and after a resume.
-    data.augment_seed = seed
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=pin_memory and torch.cuda.is_available(),

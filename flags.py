@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from checkpoints import atomic_write, checkpoint_file, load_file, plain_config
 
@@ -59,6 +59,23 @@ def bounded(kind: type, low: float, high: Optional[float] = None, open_low: bool
 POSITIVE_INT, COUNT = bounded(int, 1), bounded(int, 0)
 NONNEGATIVE, POSITIVE = bounded(float, 0), bounded(float, 0, open_low=True)
 ADAM_BETA = bounded(float, 0, 1, open_high=True)
+
+
+def probability_or_auto(text: str) -> Union[float, str]:
+    """An argparse type: 'auto', or a probability in [0, 1]."""
+    if text == 'auto':
+        return text
+    return bounded(float, 0, 1)(text)
+
+
+def augment_policy(text: str) -> str:
+    """An argparse type: a comma list of augmentation policies (checked, kept as given)."""
+    import diffaug
+    try:
+        diffaug.parse_policy(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _off(name: str, dest: str, help: str) -> Flag:
@@ -130,7 +147,8 @@ FLAGS = [
     Flag('save_every', 2000, COUNT, 'save every N iterations (0: never)'),
     Flag('num_save_copies', 2, COUNT, 'rotating checkpoint copies'),
     Flag('num_best_copies', 2, COUNT, 'best checkpoints kept'),
-    Flag('which_best', 'IS', str, 'best by IS or FID', choices=('IS', 'FID')),
+    Flag('which_best', 'IS', str, 'keep the best checkpoints by IS (higher is better), FID '
+         'or KID (lower is better)', choices=('IS', 'FID', 'KID')),
     Flag('no_fid', False, SWITCH, 'compute IS only'),
     Flag('test_every', 5000, COUNT, 'test every N iterations (0: never)'),
     Flag('num_inception_images', 50000, COUNT, 'samples for IS/FID'),
@@ -195,6 +213,30 @@ FLAGS = [
     Flag('inception', 'torchvision', str, 'Inception net for IS/FID: torchvision or tf',
          choices=('torchvision', 'tf')),
     Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)'),
+    # Small data (the flag names of the DiffAugment and LeCam forks of the 2019 code)
+    Flag('DiffAugment', '', augment_policy, 'differentiable augmentation of every image D '
+         'sees, real and generated, in the D and G steps: a comma list of color, translation, '
+         'cutout'),
+    Flag('DiffAugment_p', 1.0, probability_or_auto, 'probability each DiffAugment policy is '
+         'applied to an image: a number in [0, 1], or auto (adapted from E[sign(D(x_real))], '
+         'as ADA)'),
+    Flag('ada_target', 0.6, bounded(float, 0, 1), 'auto p: the E[sign(D(x_real))] to hold'),
+    Flag('ada_interval', 4, POSITIVE_INT, 'auto p: iterations between adjustments'),
+    Flag('ada_kimg', 500.0, POSITIVE, 'auto p: thousands of real images over which p can '
+         'move from 0 to 1'),
+    Flag('mirror_augment', False, SWITCH, 'random horizontal flips of the real images'),
+    Flag('num_samples', 0, COUNT, 'train on a fixed random subset of N images (seeded by '
+         '--seed, kept by a resume; 0: all)'),
+    Flag('LC', 0.0, NONNEGATIVE, "LeCam regularisation weight: D's outputs held near EMAs of "
+         "the other side's mean outputs"),
+    Flag('LC_decay', 0.99, bounded(float, 0, 1, open_high=True), 'LeCam: decay of the EMAs of '
+         "D's mean outputs"),
+    Flag('LC_start', 1000, COUNT, 'LeCam: iteration from which the EMAs average and the term '
+         'applies (before it they follow the last values)'),
+    Flag('CR', 0.0, NONNEGATIVE, "consistency regularisation weight: lambda * (D(x) - "
+         "D(T(x)))^2 on real images"),
+    Flag('CR_augment', 'flip,translation', augment_policy, 'consistency regularisation: '
+         'the transform T, a comma list of flip, translation, color, cutout'),
     Flag('truncation_style', 'resample', str, 'how sample.py --truncation t draws z: '
          'resample (the paper: N(0, 1) with every |z_i| > t redrawn) or scaled (TF-Hub and '
          'Hugging Face BigGAN: t times N(0, 1) redrawn outside +-2)',

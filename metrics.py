@@ -354,3 +354,10 @@ class InceptionMetrics(tuple):
 
     def __repr__(self) -> str:
         return 'InceptionMetrics(' + ', '.join(f'{k}={v!r}' for k, v in self.record().items()) + ')'
+
+
+def small_data_metrics(result: tuple) -> dict[str, float]:
+    """KID_mean, KID_std, precision and recall of a get_inception_metrics result, those
+    computed ({} for a plain (IS_mean, IS_std, FID) tuple, as custom metric functions give)."""
+    return {k: float(getattr(result, k)) for k in InceptionMetrics.KEYS[3:]
+            if getattr(result, k, None) is not None}

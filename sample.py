@@ -48,6 +48,7 @@ from tqdm import tqdm
 import bn_stats
 import datasets
 import flags
+import metrics
 import train_fns
 import utils
 from utils import TruncatedLatents
@@ -410,18 +411,24 @@ def save_random_grid(s: Sampler) -> str:
 
 
 def measure(s: Sampler, latents: utils.Latents, **what) -> dict:
-    """IS/FID of num_inception_images samples from `latents`, as a record naming `what`."""
+    """IS/FID (and KID, precision/recall when the data's real-features file exists) of
+    num_inception_images samples from `latents`, as a record naming `what`."""
     config, n = s.config, s.config['num_inception_images']
     with tqdm(total=n, desc='IS/FID samples', unit='img', file=sys.stdout) as bar:
         start = time.perf_counter()
-        IS_mean, IS_std, FID = s.get_metrics(s.sample_fn(latents, bar), n, num_splits=10)
+        result = s.get_metrics(s.sample_fn(latents, bar), n, num_splits=10)
+    IS_mean, IS_std, FID = result
+    small_data = metrics.small_data_metrics(result)  # KID, precision/recall if computed
     record = dict(itr=s.itr, weights=str(s.weights_file), **what, IS_mean=float(IS_mean),
-                  IS_std=float(IS_std), FID=None if FID is None else float(FID),
+                  IS_std=float(IS_std), FID=None if FID is None else float(FID), **small_data,
                   num_inception_images=n, G_batch_size=config['G_batch_size'],
                   G_eval_mode=config['G_eval_mode'],
                   standing_accumulations=config['num_standing_accumulations']
                   if config['accumulate_stats'] else 0)
-    print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']} "
+    kid_pr = (f", KID {small_data['KID_mean']:.5f} +/- {small_data['KID_std']:.5f}, precision "
+              f"{small_data['precision']:.3f}, recall {small_data['recall']:.3f}"
+              if small_data else '')
+    print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']}{kid_pr} "
           f"({n / (time.perf_counter() - start):.1f} images/s with Inception)")
     return record
 

@@ -13,6 +13,7 @@ again by their name (--resume).
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import os
 import signal
@@ -30,6 +31,7 @@ import layers
 import train_fns
 import utils
 from BigGAN import G_D
+from small_data import SmallData
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -119,11 +121,13 @@ def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
 
 
 def check_test_setup(config: dict) -> None:
-    """Testing needs Inception weights and the moments file: fail now, not hours later."""
+    """Testing needs Inception weights and the moments file (--which_best KID: the features
+    file too): fail now, not hours later."""
     if config['test_every'] > 0:
         import inception_utils
         inception_utils.check_inception_ready(*flags.inception_args(config),
-                                              config['no_fid'], resolution=config['resolution'])
+                                              config['no_fid'], resolution=config['resolution'],
+                                              features=config['which_best'] == 'KID')
 
 
 def build_models(config: dict, device: torch.device):
@@ -173,7 +177,7 @@ def build_ema(nets: train_fns.Nets, config: dict) -> Optional[utils.ema]:
 def new_state_dict(config: dict) -> dict:
     """The counters a checkpoint saves (state_dict.pth), at the start of a run."""
     return {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
-            'best_FID': 999999, 'config': config}
+            'best_FID': 999999, 'best_KID': 999999, 'config': config}
 
 
 def inception_metrics(config: dict, device: torch.device) -> Optional[Callable]:
@@ -336,10 +340,14 @@ def load_start(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Prec
     return {}
 
 
-def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, world_size: int
+def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, world_size: int,
+                  small: Optional[SmallData] = None
                   ) -> tuple[nn.Module, Optional[nn.Module], Optional[nn.Module]]:
     """(G_D of the nets, DDP-wrapped under torchrun; DataParallel with --parallel on several
-    GPUs; compiled with --compile), and the DDP wrappers of G and D (None without DDP)."""
+    GPUs; compiled with --compile), and the DDP wrappers of G and D (None without DDP).
+    `small` gives G_D its DiffAugment and CR transforms."""
+    make_GD = functools.partial(G_D, augment=small and small.augment,
+                                cr_transform=small and small.cr_transform)
     G_ddp = D_ddp = None
     if world_size > 1:
         if config['cross_replica']:
@@ -347,9 +355,9 @@ def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, worl
         ids = [device.index] if device.type == 'cuda' else None
         G_ddp = nn.parallel.DistributedDataParallel(nets.G, device_ids=ids)
         D_ddp = nn.parallel.DistributedDataParallel(nets.D, device_ids=ids)
-        GD = G_D(G_ddp, D_ddp)
+        GD = make_GD(G_ddp, D_ddp)
     else:
-        GD = G_D(nets.G, nets.D)
+        GD = make_GD(nets.G, nets.D)
         if config['parallel'] and torch.cuda.device_count() > 1:
             GD = nn.DataParallel(GD)
     return (torch.compile(GD) if config['compile'] else GD), G_ddp, D_ddp
@@ -361,12 +369,14 @@ def images_per_itr(config: dict, world_size: int = 1) -> int:
             * world_size)
 
 
-def build_loader(config: dict, start_itr: int, rank: int, world_size: int):
-    """This rank's loader: each batch holds the real images of one whole iteration."""
+def build_loader(config: dict, start_itr: int, rank: int, world_size: int,
+                 subset: Optional[list] = None):
+    """This rank's loader: each batch holds the real images of one whole iteration.
+    `subset`: the --num_samples images a resumed run recorded."""
     minibatches = config['num_D_steps'] * config['num_D_accumulations']
     return datasets.get_data_loaders(**{**config, 'batch_size': images_per_itr(config),
                                         'start_itr': start_itr, 'rank': rank,
-                                        'world_size': world_size,
+                                        'world_size': world_size, 'subset': subset,
                                         'minibatches': minibatches})[0]
 
 
@@ -441,19 +451,24 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
     precision = train_fns.Precision.from_config(config['amp'], device)
     saved = load_start(nets, state_dict, precision, config, is_main=is_main,
                        world_size=world_size)
-    GD, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size)
+    small = SmallData.from_config(config, device, rank=rank, world_size=world_size)
+    if small is not None and saved.get('small_data'):  # DiffAugment's p, LeCam's EMAs
+        small.load_state_dict(saved['small_data'])
+    GD, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size, small)
 
     # Data; the training step; what runs after it (rank 0 writes config.json and logs now):
-    loader = build_loader(config, state_dict['itr'], rank, world_size)
+    loader = build_loader(config, state_dict['itr'], rank, world_size, saved.get('subset'))
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
                             config['n_classes'], device, z_var=config['z_var'], rank=rank,
                             world_size=world_size)
     train = train_fns.GAN_training_function(nets, GD, state_dict, config, latents=latents,
                                             ema=ema, precision=precision, G_ddp=G_ddp,
-                                            D_ddp=D_ddp)
+                                            D_ddp=D_ddp, small_data=small)
     after_step = train_fns.AfterStep(nets, state_dict, config, precision=precision,
                                      latents=latents, is_main=is_main, resumed=bool(saved),
-                                     get_inception_metrics=inception_metrics(config, device))
+                                     get_inception_metrics=inception_metrics(config, device),
+                                     small_data=small,
+                                     subset=getattr(loader.dataset, 'indices', None))
 
     # Train:
     stop = install_stop_handlers()

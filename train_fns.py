@@ -11,13 +11,15 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import metrics
 import utils
+from small_data import LeCamEMA, SmallData
 
 # ----------------------------------------------------------------------------------------
 # Losses
@@ -47,6 +49,34 @@ def loss_dcgan_gen(D_fake: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES = {'hinge': (loss_hinge_dis, loss_hinge_gen), 'dcgan': (loss_dcgan_dis, loss_dcgan_gen)}
+
+
+# Regularisers of D for small data (--LC, --CR; small_data.py keeps their state).
+
+def lecam_penalty(D_real: torch.Tensor, D_fake: torch.Tensor, ema: LeCamEMA) -> torch.Tensor:
+    """LeCam (Tseng et al. 2021): D's outputs on reals held near the EMA of its mean output
+    on fakes and vice versa, mean(relu(D_real - ema_fake)^2) + mean(relu(ema_real - D_fake)^2)."""
+    return F.relu(D_real - ema.fake).pow(2).mean() + F.relu(ema.real - D_fake).pow(2).mean()
+
+
+def consistency_penalty(D_real: torch.Tensor, D_real_T: torch.Tensor) -> torch.Tensor:
+    """Consistency regularisation (Zhang et al. 2020): mean (D(x) - D(T(x)))^2 on reals."""
+    return (D_real - D_real_T).pow(2).mean()
+
+
+def small_data_penalties(small: SmallData, outputs: tuple[torch.Tensor, ...], itr: int
+                         ) -> dict[str, torch.Tensor]:
+    """The weighted LeCam / CR terms of one D minibatch, after feeding `small` its outputs
+    (LeCam applies after --LC_start, as in google/lecam-gan)."""
+    D_fake, D_real = outputs[0], outputs[1]
+    small.after_D_minibatch(D_real, D_fake, itr)
+    terms = {}
+    if small.lecam is not None:
+        on = itr > small.lecam.start
+        terms['D_loss_LC'] = small.LC * lecam_penalty(D_real, D_fake, small.lecam) * on
+    if small.CR > 0:
+        terms['D_loss_CR'] = small.CR * consistency_penalty(D_real, outputs[2])
+    return terms
 
 
 # ----------------------------------------------------------------------------------------
@@ -162,8 +192,8 @@ def latent_batch_size(config: dict) -> int:
 def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: dict, *,
                           latents: utils.Latents, ema: Optional[utils.ema] = None,
                           precision: Optional[Precision] = None,
-                          G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None
-                          ) -> Callable:
+                          G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None,
+                          small_data: Optional[SmallData] = None) -> Callable:
     """Build `train(x, y) -> losses`: one BigGAN iteration, num_D_steps D steps of
     num_D_accumulations minibatches, then one G step of num_G_accumulations (none in the first
     D_warmup iterations), then the EMA.
@@ -173,7 +203,8 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
     against batch_size reals (as in 2019), each G minibatch has G_batch_size.
     Losses come back as detached tensors, so the step never waits for the device.
     G_ddp / D_ddp are the DDP wrappers (if any) whose `no_sync` skips the all-reduce of
-    all but the last accumulated minibatch.
+    all but the last accumulated minibatch. `small_data` adds the LeCam and CR terms to D's
+    loss and adapts DiffAugment's p (GD applies the augmentation itself).
     """
     G, D, G_optim, D_optim = nets.G, nets.D, nets.G_optim, nets.D_optim
     precision = precision or Precision()
@@ -181,6 +212,7 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
     bs = config['batch_size']
     G_bs = G_batch_size(config)
     shared_params = tuple(G.shared.parameters())  # ortho reg makes no sense on embeddings
+    consistency = small_data is not None and small_data.CR > 0
 
     def train(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x, y = torch.split(x, bs), torch.split(y, bs)
@@ -194,10 +226,15 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                 z_, y_ = latents.sample_()
                 with _sync_unless_last(D_ddp, acc, config['num_D_accumulations']):
                     with precision.autocast():
-                        D_fake, D_real = GD(z_[:bs], y_[:bs], x[counter], y[counter],
-                                            train_G=False, split_D=config['split_D'])
-                        D_loss_real, D_loss_fake = loss_dis(D_fake.float(), D_real.float())
-                        D_loss = (D_loss_real + D_loss_fake) / config['num_D_accumulations']
+                        outputs = tuple(o.float() for o in GD(
+                            z_[:bs], y_[:bs], x[counter], y[counter], train_G=False,
+                            split_D=config['split_D'], consistency=consistency))
+                        D_fake, D_real = outputs[:2]
+                        D_loss_real, D_loss_fake = loss_dis(D_fake, D_real)
+                        terms = (small_data_penalties(small_data, outputs, state_dict['itr'])
+                                 if small_data is not None else {})
+                        D_loss = ((D_loss_real + D_loss_fake + sum(terms.values()))
+                                  / config['num_D_accumulations'])
                     _backward(D_loss, precision.D_scaler)
                 counter += 1
             _step(D_optim, precision.D_scaler, D, ortho_strength=config['D_ortho'])
@@ -210,8 +247,14 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
             G_loss = G_step()
         if ema is not None:
             ema.update(state_dict['itr'])
-        return {'G_loss': G_loss.detach() * config['num_G_accumulations'],
-                'D_loss_real': D_loss_real.detach(), 'D_loss_fake': D_loss_fake.detach()}
+        # D's mean outputs show overfitting (reals drifting up, fakes down) beside the losses.
+        losses = {'G_loss': G_loss.detach() * config['num_G_accumulations'],
+                  'D_loss_real': D_loss_real.detach(), 'D_loss_fake': D_loss_fake.detach(),
+                  'D_real': D_real.detach().mean(), 'D_fake': D_fake.detach().mean()}
+        if small_data is not None:
+            small_data.after_iteration(state_dict['itr'])
+            losses.update({k: v.detach() for k, v in terms.items()}, **small_data.log_values())
+        return losses
 
     def G_step() -> torch.Tensor:
         """One G step of num_G_accumulations minibatches; returns the last one's loss."""
@@ -293,7 +336,8 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
          sample: Callable, get_inception_metrics: Callable,
          test_log: Optional[utils.MetricsLogger] = None, extra: Optional[dict] = None,
          is_main: bool = True) -> dict:
-    """IS/FID of the sampling G; keep the `num_best_copies` best checkpoints; log to jsonl.
+    """IS/FID (and KID, precision/recall when the data's real-features file exists) of the
+    sampling G; keep the `num_best_copies` best checkpoints by --which_best; log to jsonl.
 
     Under DDP every rank calls this (each samples its share of the images); only the main
     rank saves and logs.
@@ -302,21 +346,27 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
         if config['accumulate_stats']:
             utils.accumulate_standing_stats(which_G, latents,
                                             config['num_standing_accumulations'])
-        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10)
+        result = get_inception_metrics(sample, config['num_inception_images'], num_splits=10)
+    IS_mean, IS_std, FID = result
     FID = None if FID is None else float(FID)  # None with --no_fid
-    improved = (IS_mean > state_dict['best_IS'] if config['which_best'] == 'IS'
-                else FID is not None and FID < state_dict['best_FID'])
+    small_data = metrics.small_data_metrics(result)  # KID, precision/recall if computed
+    KID = small_data.get('KID_mean')
+    state_dict.setdefault('best_KID', 999999)  # state dicts from before KID lack it
+    improved = {'IS': IS_mean > state_dict['best_IS'],
+                'FID': FID is not None and FID < state_dict['best_FID'],
+                'KID': KID is not None and KID < state_dict['best_KID']}[config['which_best']]
     best_num = state_dict['save_best_num']
     if improved:  # the saved state already holds the new best score and next copy number
         state_dict['save_best_num'] = (best_num + 1) % max(config['num_best_copies'], 1)
     state_dict['best_IS'] = max(state_dict['best_IS'], float(IS_mean))
     if FID is not None and math.isfinite(FID):
         state_dict['best_FID'] = min(state_dict['best_FID'], FID)
+    if KID is not None and math.isfinite(KID):
+        state_dict['best_KID'] = min(state_dict['best_KID'], KID)
     if improved and is_main:
         nets.save(state_dict, config, name_suffix=f'best{best_num}', extra=extra)
     record = dict(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
-                  FID=FID)
+                  FID=FID, **small_data)
     if is_main:
         test_log.log(**record)
     return record
@@ -334,8 +384,10 @@ class AfterStep:
 
     def __init__(self, nets: Nets, state_dict: dict, config: dict, *,
                  precision: Precision, latents: utils.Latents,
-                 get_inception_metrics: Optional[Callable], is_main: bool, resumed: bool):
+                 get_inception_metrics: Optional[Callable], is_main: bool, resumed: bool,
+                 small_data: Optional[SmallData] = None, subset: Optional[Any] = None):
         self.nets, self.state_dict, self.config = nets, state_dict, config
+        self.small_data, self.subset = small_data, subset  # saved with every checkpoint
         self.precision, self.latents, self.is_main = precision, latents, is_main
         self.get_inception_metrics = get_inception_metrics
         fixed = utils.Latents(config['G_batch_size'], nets.G.dim_z, config['n_classes'],
@@ -395,6 +447,10 @@ class AfterStep:
     def extra_state(self) -> dict:
         """What a checkpoint saves beyond weights: RNG states and fp16 gradient scalers."""
         extra = {'rng': utils.rng_state()}
+        if self.small_data is not None:  # adaptive p, LeCam EMAs
+            extra['small_data'] = self.small_data.state_dict()
+        if self.subset is not None:  # --num_samples: the images this run trains on
+            extra['subset'] = [int(i) for i in self.subset]
         for key in ('G_scaler', 'D_scaler'):
             if getattr(self.precision, key) is not None:
                 extra[key] = getattr(self.precision, key).state_dict()
@@ -433,5 +489,7 @@ class AfterStep:
         except FloatingPointError as err:  # a best copy was refused: nothing written
             stop_non_finite(str(err), itr, self.last_save)
         if self.is_main:
+            more = ''.join(f", {k} {record[k]:.4g}" for k in
+                           ('KID_mean', 'KID_std', 'precision', 'recall') if k in record)
             bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}, "
-                      f"FID {record['FID']}")
+                      f"FID {record['FID']}{more}")

@@ -68,9 +68,8 @@ for _path in (ROOT, ROOT / 'TFHub'):  # the models; hf_converter.py beside this 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import hf_converter  # noqa: E402  (TFHub/ is on sys.path)
-
 import BigGAN  # noqa: E402
+import hf_converter  # noqa: E402  (TFHub/ is on sys.path)
 
 EMA_SUFFIX = 'ema_b999900'
 TFHUB_DIM_Z = {128: 120, 256: 140, 512: 128}

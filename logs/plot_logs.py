@@ -1,8 +1,9 @@
 """Plot a run's logs as PNGs: training losses, IS/FID over iterations, singular values.
 
 Replaces the MATLAB scripts of the 2019 release. Reads what train.py writes under
-`--logs_root`: `<exp>/{G_loss,D_loss_real,D_loss_fake}.log` and the `*sv*.log` files
-(lines `itr: value`), and `<exp>_log.jsonl` (one test per line: itr, IS_mean, IS_std, FID).
+`--logs_root`: `<exp>/{G_loss,D_loss_real,D_loss_fake}.log`, D's mean outputs (`D_real`,
+`D_fake`), the small-data terms (`D_loss_LC`, `D_loss_CR`, `ada_p`, `ada_r_t`), the `*sv*.log`
+files (lines `itr: value`), and `<exp>_log.jsonl` (one test per line: itr, IS_mean, IS_std, FID).
 
     python logs/plot_logs.py --logs_root logs --experiment_name demo
 
@@ -26,7 +27,12 @@ from matplotlib.figure import Figure
 
 # Loss panels: title and the series drawn in it, with their colours.
 LOSS_PANELS = (('D losses', (('D_loss_real', 'tab:blue'), ('D_loss_fake', 'tab:orange'))),
-               ('G loss', (('G_loss', 'tab:green'),)))
+               ('G loss', (('G_loss', 'tab:green'),)),
+               # D's mean outputs: a widening real/fake gap is D overfitting its data.
+               ('D outputs (mean)', (('D_real', 'tab:blue'), ('D_fake', 'tab:orange'))),
+               ('D regularisers (weighted)', (('D_loss_LC', 'tab:purple'),
+                                              ('D_loss_CR', 'tab:brown'))),
+               ('adaptive augmentation', (('ada_p', 'tab:red'), ('ada_r_t', 'tab:gray'))))
 PERCENTILES = (1, 99)  # the y-range of a loss panel, before the margin
 MARGIN = 0.1           # fraction of that range added above and below
 
@@ -134,7 +140,8 @@ def plot_losses(run_dir: str, out_dir: str, smooth_window: int = 0) -> Optional[
 
 
 def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
-    """IS (mean ± std) and FID against iterations; None when there is no metrics log."""
+    """IS (mean ± std) and FID against iterations, and below them KID (mean ± std) and
+    precision/recall when any test logged them; None when there is no metrics log."""
     if not os.path.exists(jsonl_path):
         return None
     records = read_jsonl(jsonl_path)
@@ -146,8 +153,11 @@ def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
     # FID is null with --no_fid (and may be non-finite); those tests get no FID point.
     fid = [(r['itr'], r['FID']) for r in records
            if r.get('FID') is not None and math.isfinite(r['FID'])]
-    fig = Figure(figsize=(11, 4.5), layout='constrained')
-    ax_is, ax_fid = fig.subplots(1, 2)
+    # KID and P/R are logged when the data's real-features file exists.
+    small = [r for r in records if r.get('KID_mean') is not None]
+    fig = Figure(figsize=(11, 9 if small else 4.5), layout='constrained')
+    axes = fig.subplots(2 if small else 1, 2, squeeze=False)
+    ax_is, ax_fid = axes[0]
     ax_is.errorbar(itrs, IS_mean, yerr=IS_std, marker='o', capsize=3)
     ax_is.set(xlabel='iteration', ylabel='IS', title='Inception Score')
     if fid:
@@ -156,7 +166,17 @@ def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
         ax_fid.text(0.5, 0.5, 'no FID logged', ha='center', va='center',
                     transform=ax_fid.transAxes)
     ax_fid.set(xlabel='iteration', ylabel='FID', title='FID')
-    for ax in (ax_is, ax_fid):
+    if small:
+        ax_kid, ax_pr = axes[1]
+        small_itrs = [r['itr'] for r in small]
+        ax_kid.errorbar(small_itrs, [r['KID_mean'] for r in small], marker='o', capsize=3,
+                        yerr=[r.get('KID_std', 0.0) for r in small], color='tab:purple')
+        ax_kid.set(xlabel='iteration', ylabel='KID', title='KID (lower is better)')
+        for key, color in (('precision', 'tab:green'), ('recall', 'tab:orange')):
+            ax_pr.plot(small_itrs, [r[key] for r in small], marker='o', color=color, label=key)
+        ax_pr.set(xlabel='iteration', ylim=(-0.02, 1.02), title='Precision and recall (k = 3)')
+        ax_pr.legend(fontsize='small')
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
     return _save(fig, os.path.join(out_dir, 'IS_FID.png'))
 

@@ -152,3 +152,27 @@ def test_plot_logs_missing_experiment(tmp_path, capsys, monkeypatch):
         plot_logs.main()
     assert exc.value.code == 1
     assert "no logs for experiment 'nope'" in capsys.readouterr().err
+
+
+def test_metrics_plot_adds_kid_and_precision_recall_panels_when_logged(tmp_path, monkeypatch):
+    """Tests that logged KID and P/R (a real-features file existed) get two more panels with
+    their points; a log without them keeps the IS and FID panels only."""
+    figures = []
+    monkeypatch.setattr(plot_logs, '_save', lambda fig, path: figures.append(fig) or path)
+    records = [dict(itr=50, IS_mean=2.0, IS_std=0.1, FID=90.0),  # before the features file
+               dict(itr=100, IS_mean=3.0, IS_std=0.2, FID=80.0, KID_mean=0.05, KID_std=0.01,
+                    precision=0.4, recall=0.2),
+               dict(itr=150, IS_mean=3.5, IS_std=0.1, FID=70.0, KID_mean=0.03, KID_std=0.01,
+                    precision=0.6, recall=0.3)]
+    path = tmp_path / 'exp_log.jsonl'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    plot_logs.plot_metrics(str(path), str(tmp_path))
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records[:1]))
+    plot_logs.plot_metrics(str(path), str(tmp_path))
+    with_kid, without = figures
+    assert [ax.get_title() for ax in without.axes] == ['Inception Score', 'FID']
+    ax_kid, ax_pr = with_kid.axes[2:]
+    assert ax_kid.get_title() == 'KID (lower is better)'
+    assert list(ax_kid.lines[0].get_ydata()) == [0.05, 0.03]  # then the error bar caps
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax_pr.lines}
+    assert lines == {'precision': [0.4, 0.6], 'recall': [0.2, 0.3]}

@@ -12,7 +12,10 @@ from helpers import ROOT
 SCRIPTS = ROOT / 'scripts'
 # The 2019 launchers (the demo launcher runs several commands; tested on its own below).
 LAUNCHERS = sorted(p for p in SCRIPTS.glob('launch_*.sh') if p.name != 'launch_demo.sh')
-RUN_SCRIPTS = LAUNCHERS + sorted(SCRIPTS.glob('sample_*.sh'))
+# The small-data forks' CIFAR launchers and the BigGAN-deep fine-tuning launcher.
+FORK_SCRIPTS = sorted(SCRIPTS.glob('*cifar10-0.1.sh'))
+RUN_SCRIPTS = (LAUNCHERS + sorted(SCRIPTS.glob('sample_*.sh')) + FORK_SCRIPTS
+               + [SCRIPTS / 'finetune_BigGAN_deep.sh'])
 
 
 def script_commands(path: Path) -> list[list[str]]:

@@ -560,3 +560,60 @@ def test_resume_of_a_run_killed_before_its_first_save_starts_at_zero(tmp_path, d
 ])
 def test_resume_position(itr, epoch, multiepoch, expected):
     assert train.resume_position(itr, epoch, itrs_per_epoch=5, multiepoch=multiepoch) == expected
+
+
+class _TinyInception(torch.nn.Module):
+    """A cheap stand-in for the Inception net: (pool [B, 2048], logits [B, 10]) of images."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = torch.nn.Linear(3 * 8 * 8, 2048)
+        self.fc = torch.nn.Linear(2048, 10)
+
+    def forward(self, x):
+        pool = self.pool(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)).relu()
+        return pool, self.fc(pool)
+
+
+def test_which_best_KID_keeps_the_lowest_KID_and_needs_the_features_file(tmp_path, data_file,
+                                                                         monkeypatch):
+    """--which_best KID end to end, the real data's moments and features written by
+    calculate_inception_moments.py; no features file: a startup error naming it."""
+    import calculate_inception_moments
+    import inception_utils
+    net = _TinyInception()
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda **kwargs: net)
+    monkeypatch.setattr(inception_utils, '_load_weights', lambda *args: net)
+    weights = tmp_path / 'inception.pth'  # only has to exist: the net above is used
+    weights.write_bytes(b'')
+    calculate_inception_moments.main(['--dataset', str(data_file), '--num_workers', '0',
+                                      '--inception_weights', str(weights)])
+    features = tmp_path / 'tiny_inception_moments_features.npz'
+    assert len(inception_utils.load_features(features)) == 16
+
+    def kid_flags(root):
+        flags = run_flags(root, data_file, '--num_epochs', '1', '--save_every', '0',
+                          '--which_best', 'KID', '--num_inception_images', '20',
+                          '--inception_weights', str(weights), '--num_best_copies', '1')
+        flags[flags.index('--test_every') + 1] = '2'
+        return flags
+
+    state = train.main(kid_flags(tmp_path))  # tests at iterations 2 and 4
+    records = [json.loads(line) for line in
+               (tmp_path / 'run' / 'logs' / 'tiny_log.jsonl').read_text().splitlines()]
+    assert [r['itr'] for r in records] == [2, 4]
+    for r in records:
+        assert r['KID_std'] >= 0 and 0 <= r['precision'] <= 1 and 0 <= r['recall'] <= 1
+    best = min(records, key=lambda r: r['KID_mean'])
+    assert state['best_KID'] == best['KID_mean']
+    # The one best copy is the checkpoint of the lowest KID (saved with that KID as best).
+    saved = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'state_dict_best0.pth'))
+    assert (saved['itr'], saved['best_KID']) == (best['itr'], best['KID_mean'])
+    assert (tmp_path / 'run' / 'weights' / 'tiny' / 'G_best0.pth').is_file()
+
+    features.unlink()
+    with pytest.raises(FileNotFoundError, match=f'{features} not found; make it .*'
+                       'python calculate_inception_moments.py --dataset '):
+        train.main(kid_flags(tmp_path / 'second'))
+    assert not (tmp_path / 'second').exists()

@@ -128,7 +128,7 @@ def test_one_iteration_updates_G_D_and_ema_as_the_formulas_say():
                    if a.shape == b.shape)
     for key, value in G.state_dict().items():
         torch.testing.assert_close(G_ema.state_dict()[key], 0.9 * ema_before[key] + 0.1 * value)
-    assert set(losses) == {'G_loss', 'D_loss_real', 'D_loss_fake'}
+    assert set(losses) == {'G_loss', 'D_loss_real', 'D_loss_fake', 'D_real', 'D_fake'}
     assert all(isinstance(v, torch.Tensor) and v.requires_grad is False
                for v in losses.values())
 
