@@ -102,7 +102,7 @@ def _loss_panel(ax: Axes, title: str, series: dict[str, tuple[np.ndarray, np.nda
     if cut:
         ax.text(0.99, 0.97, f'{cut} of {len(values)} points off-scale', ha='right', va='top',
                 fontsize='small', color='0.4', transform=ax.transAxes)
-    ax.set(ylabel='loss', title=title)
+    ax.set(ylabel='loss' if 'loss' in title or 'regularisers' in title else 'value', title=title)
     ax.legend(loc='upper left', fontsize='small')
     ax.grid(alpha=0.3)
 
