@@ -6,6 +6,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +34,18 @@ def write_hdf5(path: Path, n: int = 16, n_classes: int = 3, resolution: int = 32
         f.attrs['n_classes'] = n_classes
         f.attrs['resolution'] = resolution
     return path
+
+
+class TinyInception(torch.nn.Module):
+    """A cheap deterministic stand-in for the Inception net: (pool [B, 2048], logits [B, 10])
+    of images of any size (pooled to 8x8 first)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pool = torch.nn.Linear(3 * 8 * 8, 2048)
+        self.fc = torch.nn.Linear(2048, 10)
+
+    def forward(self, x):
+        pool = self.pool(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)).relu()
+        return pool, self.fc(pool)

@@ -7,10 +7,9 @@ import textwrap
 
 import pytest
 import torch
-from test_train import write_hdf5
 
 import train
-from helpers import ROOT
+from helpers import ROOT, TinyInception, write_hdf5
 
 HARNESS = textwrap.dedent('''
     """Run train.main under torchrun and save this rank's final G and D."""
@@ -147,20 +146,6 @@ def test_per_rank_batch_norm_differs_from_the_full_batch(ddp_runs):
     assert max_diff(r0['G'], ddp_runs['single']['G']) > 1e-4
 
 
-class _FakeInception(torch.nn.Module):
-    """Deterministic stand-in for the Inception net: (pool [B, 2048], logits [B, 10])."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.pool = torch.nn.Linear(3 * 8 * 8, 2048)
-        self.fc = torch.nn.Linear(2048, 10)
-
-    def forward(self, x):
-        pool = self.pool(x.flatten(1))
-        return pool, self.fc(pool)
-
-
 def _metrics_worker(rank, world, init_file, images, out):
     import torch.distributed as dist
 
@@ -170,9 +155,9 @@ def _metrics_worker(rank, world, init_file, images, out):
     n = len(images)
     mine = images[rank * n // world:(rank + 1) * n // world]
     is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
-        _FakeInception(), mine.split(4), n, num_splits=5, features=True)
+        TinyInception(), mine.split(4), n, num_splits=5, features=True)
     *_, some = inception_utils.accumulate_inception_stats(  # uneven counts of kept rows
-        _FakeInception(), mine.split(4), n, moments=False, features=True,
+        TinyInception(), mine.split(4), n, moments=False, features=True,
         feature_rows=FEATURE_ROWS)
     torch.save({'IS': is_acc.compute(), 'moments': mom_acc.compute(), 'features': feats,
                 'some': some}, f'{out}{rank}.pt')
@@ -192,7 +177,7 @@ def test_inception_metrics_across_ranks_equal_one_process(tmp_path):
     mp.spawn(_metrics_worker, args=(2, str(tmp_path / 'init'), images, str(tmp_path / 'r')),
              nprocs=2)
     is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
-        _FakeInception(), images.split(4), 31, num_splits=5, features=True)
+        TinyInception(), images.split(4), 31, num_splits=5, features=True)
     mu, sigma = mom_acc.compute()
     for rank in range(2):
         got = torch.load(tmp_path / f'r{rank}.pt', weights_only=False)

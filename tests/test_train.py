@@ -15,7 +15,7 @@ import torch
 import train
 import train_fns
 import utils
-from helpers import ROOT, shared_file, write_hdf5
+from helpers import ROOT, TinyInception, shared_file, write_hdf5
 
 TINY_FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
               '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4',
@@ -562,27 +562,13 @@ def test_resume_position(itr, epoch, multiepoch, expected):
     assert train.resume_position(itr, epoch, itrs_per_epoch=5, multiepoch=multiepoch) == expected
 
 
-class _TinyInception(torch.nn.Module):
-    """A cheap stand-in for the Inception net: (pool [B, 2048], logits [B, 10]) of images."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.pool = torch.nn.Linear(3 * 8 * 8, 2048)
-        self.fc = torch.nn.Linear(2048, 10)
-
-    def forward(self, x):
-        pool = self.pool(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)).relu()
-        return pool, self.fc(pool)
-
-
 def test_which_best_KID_keeps_the_lowest_KID_and_needs_the_features_file(tmp_path, data_file,
                                                                          monkeypatch):
     """--which_best KID end to end, the real data's moments and features written by
     calculate_inception_moments.py; no features file: a startup error naming it."""
     import calculate_inception_moments
     import inception_utils
-    net = _TinyInception()
+    net = TinyInception()
     monkeypatch.setattr(inception_utils, 'load_inception_net', lambda **kwargs: net)
     monkeypatch.setattr(inception_utils, '_load_weights', lambda *args: net)
     weights = tmp_path / 'inception.pth'  # only has to exist: the net above is used
