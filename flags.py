@@ -261,6 +261,20 @@ DERIVED_KEYS = {'n_classes', 'classes_per_sheet', 'moments_path', 'G_activation'
                 'D_activation'}
 
 
+# The flags that decide what a G computes: a fine-tune must build G as its source was built
+# (train.py checks them; TFHub/hf_converter.py prints them for a converted run).
+G_BUILD_KEYS = ('model', 'G_ch', 'G_depth', 'dim_z', 'shared_dim', 'hier', 'G_shared', 'G_attn',
+                'G_param', 'norm_style', 'BN_eps', 'SN_eps', 'G_output_BN_eps',
+                'G_output_conv_ch')
+
+
+def flag_line(values: dict) -> str:
+    """The command-line flags that set `values`: '--k v', a bare '--k' for a switch that is
+    on; a switch that is off is left out (off is its default)."""
+    return ' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in values.items()
+                    if v is not False)
+
+
 # Keys that describe an invocation (where things are, what to do), not the run: never taken
 # from a saved run config.
 INVOCATION_KEYS = {'base_root', 'data_root', 'weights_root', 'logs_root', 'samples_root',

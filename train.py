@@ -224,27 +224,19 @@ def resume(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precisio
     return saved
 
 
-# The flags that decide what a G computes: a fine-tune must build G as its source was built.
-G_BUILD_KEYS = ('model', 'G_ch', 'G_depth', 'dim_z', 'shared_dim', 'hier', 'G_shared', 'G_attn',
-                'G_param', 'norm_style', 'BN_eps', 'SN_eps', 'G_output_BN_eps',
-                'G_output_conv_ch')
-
-
 def check_source_G(config: dict, root: str) -> None:
     """Refuse to fine-tune from a run whose saved config builds G otherwise than the flags."""
     saved, _ = utils.read_run_config(root)
     if not saved:
         return
     defaults = utils.prepare_parser().parse_args([])
-    differ = {k: saved[k] for k in G_BUILD_KEYS
-              if saved.get(k, getattr(defaults, k)) != config[k]}
+    built = {k: saved.get(k, getattr(defaults, k)) for k in flags.G_BUILD_KEYS}
+    differ = {k: v for k, v in built.items() if v != config[k]}
     if differ:
-        flags_ = ' '.join(f'--{k}' if v is True else f'--{k} {v}' for k, v in differ.items()
-                          if v is not False)
         raise ValueError(f'--load_weights {root}: its G was built with '
                          + ', '.join(f'{k}={v!r} (given: {config[k]!r})'
                                      for k, v in differ.items())
-                         + f'. Give the flags it was built with: {flags_}')
+                         + f'. Give the flags it was built with: {flags.flag_line(differ)}')
 
 
 def load_for_finetuning(nets: train_fns.Nets, path: str, config: dict) -> None:

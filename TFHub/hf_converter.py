@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 import BigGAN  # noqa: E402
 import BigGANdeep  # noqa: E402
 import bn_stats  # noqa: E402
+import flags  # noqa: E402
 
 HF_WEIGHTS, HF_CONFIG = 'pytorch_model.bin', 'config.json'
 # The package's BigGANConfig defaults (its 128 model): a config.json may leave any out.
@@ -325,10 +326,7 @@ def package_difference(hf_dir: Union[str, Path], G: torch.nn.Module, truncation:
 
 def finetune_flags(config: dict) -> str:
     """The train.py flags that build this G (for --load_weights)."""
-    keys = ('model', 'G_ch', 'G_depth', 'dim_z', 'shared_dim', 'hier', 'G_shared', 'G_attn',
-            'BN_eps', 'SN_eps', 'G_output_BN_eps', 'G_output_conv_ch')
-    return ' '.join(f'--{k}' if v is True else f'--{k} {v}' for k in keys
-                    if (v := config[k]) is not False)
+    return flags.flag_line({k: config[k] for k in flags.G_BUILD_KEYS})
 
 
 def main(args, save_run: Callable, write_check: Callable) -> int:

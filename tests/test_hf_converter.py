@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import BigGANdeep
 import bn_stats
+import flags
 import sample
 import train
 import train_fns
@@ -741,7 +742,18 @@ def test_finetune_launcher_builds_the_converted_128_G():
     config = hf_converter.run_config(BigGAN128.to_dict())
     from_flags = vars(utils.prepare_parser().parse_args(
         hf_converter.finetune_flags(config).split()))
-    for key in train.G_BUILD_KEYS:
+    for key in flags.G_BUILD_KEYS:
         assert parsed[key] == config[key], key
         assert from_flags[key] == config[key], key
     assert parsed['load_weights'] and parsed['D_warmup'] > 0 and parsed['resolution'] == 128
+
+
+def test_finetune_check_names_a_G_flag_the_source_config_lacks(tmp_path):
+    """A source config from before a G flag existed (2019 runs): its default is what built
+    that G, so a different value given now is refused by name, not a KeyError."""
+    (tmp_path / 'config.json').write_text(json.dumps({'model': 'BigGAN', 'G_ch': 64}))
+    config = vars(utils.prepare_parser().parse_args(['--G_output_BN_eps', '1e-4']))
+    with pytest.raises(ValueError, match=r"G_output_BN_eps=1e-05 \(given: 0\.0001\)"
+                                         r".*--G_output_BN_eps 1e-05"):
+        train.check_source_G(config, str(tmp_path))
+    train.check_source_G(vars(utils.prepare_parser().parse_args([])), str(tmp_path))
