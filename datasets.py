@@ -90,8 +90,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) 
     p = max(1, r // 8)
     padded = F.pad(x[None], (p, p, p, p), mode='reflect')[0]
     i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
-    x = padded[:, i:i + r, j:j + r]
-    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
+    return random_flip(padded[:, i:i + r, j:j + r], generator)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -419,10 +419,15 @@ def load_moments(path: PathLike, inception: str = 'torchvision', *,
         raise ValueError(f'{path} holds moments of shape mu {mu.shape}, sigma {sigma.shape}; '
                          f'FID needs Inception pool features: mu ({POOL_DIM},), sigma '
                          f'({POOL_DIM}, {POOL_DIM}). Remake it with: {command}')
+    _check_made_with(path, made_with, inception, command)
+    return mu, sigma
+
+
+def _check_made_with(path: PathLike, made_with: str, inception: str, command: str) -> None:
+    """Refuse a moments or features file another Inception network made."""
     if made_with != inception:
         raise ValueError(f'{path} was made with the {made_with!r} Inception network, not '
                          f'{inception!r}; remake it with: {command}')
-    return mu, sigma
 
 
 def features_file(moments_path: PathLike, inception: str = 'torchvision') -> Path:
@@ -462,9 +467,7 @@ def load_features(path: PathLike, inception: str = 'torchvision', *,
         raise ValueError(f'{path} holds features of shape {feats.shape}; KID and '
                          f'precision/recall need at least 2 Inception pool features '
                          f'(n, {POOL_DIM}). Remake it with: {command}')
-    if made_with != inception:
-        raise ValueError(f'{path} was made with the {made_with!r} Inception network, not '
-                         f'{inception!r}; remake it with: {command}')
+    _check_made_with(path, made_with, inception, command)
     return feats
 
 

@@ -129,14 +129,13 @@ class SmallData:
                 torch.distributed.all_reduce(self.ada.sign_sum)
                 torch.distributed.all_reduce(self.ada.count)
             self.ada.step(itr)
-            self._itr = itr
 
-    def log_values(self) -> dict[str, torch.Tensor]:
-        """What the loss logs show of it: the adaptive p, and r_t once an interval is over
-        (no host sync: the iteration count says when)."""
+    def log_values(self, itr: int) -> dict[str, torch.Tensor]:
+        """What the loss logs show of it after iteration `itr`: the adaptive p, and r_t once
+        an interval is over (no host sync: the iteration count says when)."""
         if self.ada is None:
             return {}
-        if getattr(self, '_itr', 0) < self.ada.interval:
+        if itr < self.ada.interval:
             return {'ada_p': self.ada.p}
         return {'ada_p': self.ada.p, 'ada_r_t': self.ada.r_t}
 

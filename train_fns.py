@@ -253,7 +253,8 @@ def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: d
                   'D_real': D_real.detach().mean(), 'D_fake': D_fake.detach().mean()}
         if small_data is not None:
             small_data.after_iteration(state_dict['itr'])
-            losses.update({k: v.detach() for k, v in terms.items()}, **small_data.log_values())
+            losses.update({k: v.detach() for k, v in terms.items()},
+                          **small_data.log_values(state_dict['itr']))
         return losses
 
     def G_step() -> torch.Tensor:
