@@ -150,14 +150,18 @@ def build_models(config: dict, device: torch.device):
 
 
 def build_optimizers(G: nn.Module, D: nn.Module, config: dict, device: torch.device):
-    """Adam for G and D with the flags' learning rates, betas and eps (fused on CUDA)."""
-    fused = {'fused': True} if device.type == 'cuda' else {}
+    """Adam for G and D with the flags' learning rates, betas and eps.
+
+    Fused on CUDA; elsewhere the multi-tensor (foreach) form, one op per step for all
+    parameters instead of ~10 per parameter, with the same results as the per-parameter loop.
+    """
+    impl = {'fused': True} if device.type == 'cuda' else {'foreach': True}
     G_optim = torch.optim.Adam(G.parameters(), lr=config['G_lr'], weight_decay=0,
                                betas=(config['G_B1'], config['G_B2']), eps=config['adam_eps'],
-                               **fused)
+                               **impl)
     D_optim = torch.optim.Adam(D.parameters(), lr=config['D_lr'], weight_decay=0,
                                betas=(config['D_B1'], config['D_B2']), eps=config['adam_eps'],
-                               **fused)
+                               **impl)
     return G_optim, D_optim
 
 

@@ -100,6 +100,113 @@ def test_attention_equals_dense_computation():
         torch.testing.assert_close(att(x), expected, atol=1e-5, rtol=1e-5)
 
 
+
+def _kernel_names(fn) -> set[str]:
+    """The aten ops one call of fn runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize('d, dv', [(2, 8), (4, 16), (8, 8), (6, 3)])
+def test_softmax_attention_matches_2019_bmm_softmax_bmm_with_gradients(d, dv):
+    torch.manual_seed(0)
+    theta, phi, g = (torch.randn(2, c, n, requires_grad=True)
+                     for c, n in ((d, 64), (d, 16), (dv, 16)))
+    out = layers.softmax_attention(theta, phi, g)
+    # 2019: o = g · softmax(thetaᵀ phi)ᵀ, no scaling
+    ref = torch.bmm(g, torch.softmax(torch.bmm(theta.transpose(1, 2), phi), -1).transpose(1, 2))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (theta, phi, g), grad)
+    want = torch.autograd.grad(ref, (theta, phi, g), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_softmax_attention_runs_a_fused_kernel_on_the_cpu():
+    """Attention's widths (ch/8 for theta and phi, ch/2 for g) made PyTorch fall back to its
+    unfused math kernel: the [B, N, N/4] matrix in memory, 30% of a res-64 CPU step."""
+    theta, phi, g = torch.randn(2, 4, 256), torch.randn(2, 4, 64), torch.randn(2, 16, 64)
+    ops = _kernel_names(lambda: layers.softmax_attention(theta, phi, g))
+    assert any('flash' in op for op in ops), sorted(ops)
+    assert not any('attention_math' in op for op in ops)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: torch.randn(3, 5, 4, 6),
+    lambda: torch.randn(3, 10, 4, 6)[:, :5],                       # BigGAN-deep's kept channels
+    lambda: torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last),
+], ids=['nchw', 'channel_slice', 'channels_last'])
+def test_upsample2x_is_F_interpolate_bit_for_bit_with_its_gradient(make):
+    torch.manual_seed(0)
+    x = make().requires_grad_()
+    want = F.interpolate(x, scale_factor=2, mode='nearest')
+    got = layers.upsample2x(x)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == \
+        want.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(want)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0])
+
+
+def _count_power_iterations(monkeypatch) -> list:
+    calls = []
+    original = layers.power_iteration
+    monkeypatch.setattr(layers, 'power_iteration',
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_sn_eval_weight_is_computed_once_until_the_weight_or_u_changes(monkeypatch):
+    torch.manual_seed(0)
+    conv = layers.SNConv2d(3, 5, kernel_size=3, padding=1)
+    conv(torch.randn(1, 3, 4, 4))  # a training forward sets u
+    conv.eval()
+    calls = _count_power_iterations(monkeypatch)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        first = conv(x)
+        assert torch.equal(conv(x), first) and len(calls) == 1  # the second forward reused it
+        conv.weight.mul_(2)                                       # an optimizer or EMA step
+        doubled = conv(x)
+        assert len(calls) == 2
+        conv.load_state_dict(copy.deepcopy(conv.state_dict()))    # a checkpoint load (copy_)
+        conv(x)
+        assert len(calls) == 3
+        conv.u0.copy_(torch.randn(1, 5))
+        conv(x)
+        assert len(calls) == 4
+    # The reused weight is what a fresh computation gives: SN is scale-invariant.
+    fresh = copy.deepcopy(conv)
+    fresh._sn_cache = None
+    with torch.no_grad():
+        torch.testing.assert_close(doubled, first, rtol=1e-5, atol=1e-6)
+        assert torch.equal(conv(x), fresh(x))
+
+
+def test_sn_recomputes_in_training_mode_and_with_autograd(monkeypatch):
+    torch.manual_seed(0)
+    layer = layers.SNLinear(6, 4)
+    calls = _count_power_iterations(monkeypatch)
+    x = torch.randn(2, 6)
+    u = layer.u0.clone()
+    with torch.no_grad():
+        layer(x), layer(x)              # training mode: each forward advances u, as in 2019
+    assert len(calls) == 2 and not torch.equal(layer.u0, u)
+    layer.eval()
+    layer(x).sum().backward()           # with autograd: a fresh graph through sigma each time
+    layer(x).sum().backward()
+    assert len(calls) == 4 and layer.weight.grad is not None
+    with torch.inference_mode():        # sampling under inference mode reuses it too
+        layer(x), layer(x)
+    assert len(calls) == 5
+    with torch.inference_mode():        # a layer built in inference mode has no version
+        built_there = layers.SNLinear(6, 4).eval()  # counters to read: no reuse, no error
+        built_there(x), built_there(x)
+    assert len(calls) == 7
+
+
 @pytest.mark.parametrize('mybn', [False, True])
 def test_ccbn_matches_batch_norm_and_updates_stats(mybn):
     torch.manual_seed(0)

@@ -356,6 +356,28 @@ def test_toggle_grads_flag_keeps_toggling_on():
     assert vars(parse(['--no_toggle_grads']))['toggle_grads'] is False
 
 
+
+def test_cpu_adam_is_the_multi_tensor_form_with_the_per_parameter_results():
+    """foreach Adam on the CPU (one op per step for all tensors) changes no number."""
+    config = vars(utils.prepare_parser().parse_args(['--G_B1', '0.5', '--adam_eps', '1e-6']))
+    torch.manual_seed(0)
+    G, D = torch.nn.Linear(5, 7), torch.nn.Conv2d(3, 4, 3)
+    G_optim, D_optim = train.build_optimizers(G, D, config, torch.device('cpu'))
+    assert G_optim.defaults['foreach'] and D_optim.defaults['foreach']
+    G_ref = torch.nn.Linear(5, 7)
+    G_ref.load_state_dict(G.state_dict())
+    ref = torch.optim.Adam(G_ref.parameters(), lr=config['G_lr'], betas=(0.5, config['G_B2']),
+                           eps=1e-6, foreach=False)
+    for _ in range(5):
+        x = torch.randn(3, 5)
+        for net, optim in ((G, G_optim), (G_ref, ref)):
+            optim.zero_grad()
+            net(x).square().sum().backward()
+            optim.step()
+    for a, b in zip(G.parameters(), G_ref.parameters()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize('norm_style', ['in', 'gn', 'nonorm'])
 def test_norm_styles_train_and_sample_with_standing_stats(tmp_path, data_file, norm_style):
     """--norm_style in/gn/nonorm with --accumulate_stats used to crash at the first save."""

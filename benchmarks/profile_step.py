@@ -1,0 +1,206 @@
+"""Where the time of one training iteration goes: a torch.profiler breakdown by category.
+
+Builds the iteration exactly as bench.py does (bench.py's flags, synthetic data), runs
+`--warmup` untimed iterations, then profiles `--iters` iterations and splits the wall time:
+
+    conv        convolutions (aten::conv2d and below) and their backward (ConvolutionBackward)
+    spectral    SN.W_: power iteration, sigma, W / sigma, the u/sv buffer copies, its backward
+    batchnorm   the norms of G's ccbn/bn (statistics, the affine, the gain/bias linears)
+    attention   Attention's softmax-attention and reshapes (its 1x1 convs count as conv)
+    optimizer   Adam's step and zero_grad
+    ema         utils.ema.update
+    ortho       utils.ortho (0 unless --G_ortho/--D_ortho)
+    other ops   every other aten op: activations, up/down-sampling, sums, losses, latents,
+                linears outside SN/BN, the autograd engine's own accumulation
+    python      wall time not inside any op: the interpreter and framework overhead
+
+Forward ops are assigned by the innermost labelled range they run in (SN/BN/attention/EMA/
+ortho are wrapped in record_function ranges for the run); backward ops by the forward op
+they differentiate (the profiler's sequence numbers link them), so an SN division's backward
+counts as spectral. Self times are summed, so nothing is counted twice.
+
+Example (the issue-16 CPU command):
+    python benchmarks/profile_step.py --resolution 64 --G_ch 32 --D_ch 32 --batch_size 8 \\
+        --n_classes 10 --profile_iters 3 --profile_warmup 2
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # noqa: E402
+import layers  # noqa: E402
+import train_fns  # noqa: E402
+import utils  # noqa: E402
+
+CATEGORIES = ('conv', 'spectral', 'batchnorm', 'attention', 'optimizer', 'ema', 'ortho',
+              'other ops', 'python')
+LABEL = 'profile_step::'  # prefix of the ranges this script adds
+CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution', 'aten::conv_')
+
+
+def _labelled(category: str, fn):
+    """fn inside a record_function range named for its category."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with record_function(LABEL + category):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def instrument() -> None:
+    """Wrap the functions whose time is reported by name in labelled ranges (this process)."""
+    layers.SN.W_ = _labelled('spectral', layers.SN.W_)
+    for cls in (layers.ccbn, layers.bn):
+        cls.forward = _labelled('batchnorm', cls.forward)
+    layers.Attention.forward = _labelled('attention', layers.Attention.forward)
+    utils.ema.update = _labelled('ema', utils.ema.update)
+    utils.ortho = _labelled('ortho', utils.ortho)
+    train_fns.utils.ortho = utils.ortho
+
+
+def _range_category(event) -> Optional[str]:
+    """The category of the innermost labelled range or optimizer range around an event."""
+    while event is not None:
+        name = event.name
+        if name.startswith(LABEL):
+            return name[len(LABEL):]
+        if name.startswith('Optimizer.'):  # Optimizer.step#Adam.step, Optimizer.zero_grad#...
+            return 'optimizer'
+        event = event.cpu_parent
+    return None
+
+
+def _outermost_op(event):
+    """The outermost aten op an event runs inside (itself if it is one)."""
+    outer = event if event.name.startswith('aten::') else None
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith('aten::'):
+            outer = parent
+        parent = parent.cpu_parent
+    return outer
+
+
+def _backward_node(event):
+    """The `autograd::engine::evaluate_function: XBackward0` event above a backward op."""
+    while event is not None:
+        if event.name.startswith('autograd::engine::evaluate_function'):
+            return event
+        event = event.cpu_parent
+    return None
+
+
+def categorize(events) -> dict[str, float]:
+    """Self CPU microseconds per category (without 'python')."""
+    # Sequence number of a forward op -> its category. Every op since the last autograd node
+    # was made (no-grad ops too) carries the number the next node gets; the node's own op
+    # is the last of them to start, so later events overwrite earlier ones.
+    forward_category = {}
+    for e in sorted(events, key=lambda e: e.time_range.start):
+        if getattr(e, 'sequence_nr', -1) >= 0 and _backward_node(e) is None:
+            category = _range_category(e)
+            outer = _outermost_op(e)
+            if category is None and outer is not None and outer.name.startswith(CONV_OPS):
+                category = 'conv'
+            forward_category[(e.sequence_nr, e.thread)] = category
+    totals: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.name.startswith(LABEL) or e.name.startswith('ProfilerStep'):
+            continue
+        category = _range_category(e)
+        if category is None:
+            node = _backward_node(e)
+            if node is not None:
+                fwd = forward_category.get((node.sequence_nr, node.fwd_thread))
+                category = fwd or ('conv' if 'ConvolutionBackward' in node.name else None)
+        if category is None:
+            outer = _outermost_op(e)
+            category = 'conv' if outer is not None and outer.name.startswith(CONV_OPS) else None
+        totals[category or 'other ops'] += e.self_cpu_time_total
+    return totals
+
+
+def profile_iterations(step: bench.Step, device: torch.device, *, warmup: int, iters: int,
+                       trace: str = '') -> dict:
+    """Milliseconds per iteration by category, the total, and the top ops by self time."""
+    for _ in range(warmup):
+        step()
+    bench.synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        bench.synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    if trace:
+        prof.export_chrome_trace(trace)
+    events = prof.events()
+    totals = categorize(events)
+    totals['python'] = max(wall_us - sum(totals.values()), 0.0)
+    per_iter = {c: totals.get(c, 0.0) / iters / 1e3 for c in CATEGORIES}
+    top = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
+    return {'ms_per_iter': wall_us / iters / 1e3, 'categories_ms': per_iter,
+            'top_ops': [{'name': a.key, 'calls_per_iter': a.count / iters,
+                         'self_ms_per_iter': a.self_cpu_time_total / iters / 1e3}
+                        for a in top],
+            'op_calls_per_iter': sum(a.count for a in prof.key_averages()
+                                     if a.key.startswith('aten::')) / iters}
+
+
+def print_report(result: dict) -> None:
+    """The category table and the top ops."""
+    total = result['ms_per_iter']
+    print(f"{'category':<12}{'ms/iter':>10}{'share':>8}")
+    for c in CATEGORIES:
+        ms = result['categories_ms'][c]
+        print(f'{c:<12}{ms:>10.1f}{ms / total:>8.1%}')
+    print(f"{'total':<12}{total:>10.1f}   ({result['op_calls_per_iter']:.0f} aten op calls "
+          f'per iteration, profiler on)')
+    print(f"\n{'top ops by self time':<48}{'calls':>8}{'ms/iter':>10}")
+    for op in result['top_ops']:
+        print(f"{op['name'][:47]:<48}{op['calls_per_iter']:>8.0f}{op['self_ms_per_iter']:>10.1f}")
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = bench.prepare_parser()
+    parser.description = 'Profile the BigGAN training iteration by category (see the docstring).'
+    parser.add_argument('--profile_mode', default='fp32', choices=sorted(bench.MODES),
+                        help='precision/layout mode, as bench.py names them (default: fp32)')
+    parser.add_argument('--profile_iters', type=int, default=3, help='profiled iterations')
+    parser.add_argument('--profile_warmup', type=int, default=2, help='untimed iterations first')
+    parser.add_argument('--profile_trace', default='', help='also write a Chrome trace here')
+    parser.add_argument('--profile_json', default='', help='also write the results here')
+    config = vars(parser.parse_args(argv))
+    options = {k: config.pop(k) for k in [k for k in config if k.startswith(('bench_',
+                                                                              'profile_'))]}
+    device = torch.device(options['bench_device'] or
+                          ('cuda' if torch.cuda.is_available() else 'cpu'))
+    utils.configure_backends(device)
+    config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
+    instrument()
+    step = bench.build_step(bench.mode_config(config, options['profile_mode']), device)
+    result = profile_iterations(step, device, warmup=options['profile_warmup'],
+                                iters=options['profile_iters'], trace=options['profile_trace'])
+    print(f"{options['profile_mode']} on {device}, torch {torch.__version__}, "
+          f'{torch.get_num_threads()} threads')
+    print_report(result)
+    if options['profile_json']:
+        with open(options['profile_json'], 'w') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()
