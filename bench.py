@@ -4,7 +4,7 @@ One iteration is what train.py runs per batch: `train_fns.GAN_training_function`
 num_D_steps D steps of num_D_accumulations minibatches, one G step of num_G_accumulations
 minibatches and the EMA update, with models and Adam built by `train.build_models` /
 `train.build_optimizers`. Real images and labels are random tensors already on the device,
-so no data loading is timed. Figures per mode:
+so the step timing includes no data loading. Figures per mode:
 
     img/s     real images consumed per second: batch_size * num_D_steps * num_D_accumulations
               per iteration (what train.py's loader yields per iteration) / s per iteration
@@ -16,28 +16,54 @@ so no data loading is timed. Figures per mode:
               fp32, by FlopCounterMode (convs and matmuls with their gradients, SN power
               iterations included; every mode does the same ones)
 
+Beside them, once, the loader figure (--bench_loader): whether the data loader keeps up.
+
+    loader img/s  images per second out of the loader train.py builds for the HDF5 path
+              (`train.build_loader`: one iteration's real images per batch, with the flags'
+              --num_workers, --load_in_mem, --shuffle, --use_multiepoch_sampler, --augment,
+              ...), copied to the device by `train.to_device` in the fastest mode's memory
+              format. Timed over --bench_loader_batches batches rounded up to whole rounds of
+              the workers, after one untimed round (the workers start together, so their
+              first batches arrive at once); the first batch's wait, worker start-up
+              included, is reported apart. The line compares it with the fastest mode's
+              img/s, the most the step consumes: a ratio under 1 means training waits.
+
+    --bench_loader auto (default): --dataset's file when it resolves to an existing HDF5 file
+        at the bench's resolution, else a note saying why not; dataset: that file or an error;
+        synthetic: a temporary file (system temp folder, deleted after) of random images at
+        --resolution and --n_classes, packed by make_hdf5.pack_folder as make_hdf5.py packs
+        by default (uncompressed, chunks of 500), just written and so read from the page
+        cache (the loader's CPU cost, not the disk's speed); off: no loader figure.
+
 Examples:
     # CPU, tiny (seconds per mode; on a shared, busy CPU one OpenMP thread avoids stalls):
     OMP_NUM_THREADS=1 python bench.py --resolution 32 --G_ch 16 --D_ch 16 --batch_size 16 \\
         --G_attn 0 --D_attn 0 --num_D_steps 1 --bench_modes fp32,bf16,bf16_cl --bench_iters 3 \\
         --bench_warmup 1 --bench_json bench_cpu.json
-    # GPU, BigGAN-128 ch96, one batch of 256 per iteration:
-    bash scripts/bench.sh --bench_json bench_I128.json
+    # GPU, BigGAN-128 ch96, one batch of 256 per iteration, and the loader of 8 workers:
+    bash scripts/bench.sh --bench_loader synthetic --bench_json bench_I128.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import datasets
+import make_hdf5
 import train
 import train_fns
 import utils
@@ -50,6 +76,8 @@ MODES = {  # name: (--amp, --channels_last, --compile)
     'bf16_cl_compile': ('bf16', True, True),
 }
 ANALYTIC_GFLOP_PER_IMAGE = 370  # BigGAN-128 ch96, counted by hand from its layer shapes
+LOADER_SOURCES = ('auto', 'dataset', 'synthetic', 'off')  # --bench_loader (see the docstring)
+SYNTHETIC_HINT = '--bench_loader synthetic times the loader on a temporary file of random images'
 
 
 @dataclass
@@ -170,8 +198,9 @@ def print_table(rows: list[dict], device: torch.device) -> None:
 
 
 def run(config: dict, modes: list[str], *, warmup: int, iters: int,
-        device: Optional[torch.device] = None) -> dict:
-    """Count FLOPs once, bench every mode, print the table; returns the JSON-able result."""
+        device: Optional[torch.device] = None, loader: Optional[LoaderBench] = None) -> dict:
+    """Count FLOPs once, bench every mode, print the table, then time `loader` if given;
+    returns the JSON-able result."""
     device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     utils.configure_backends(device)  # as train.py sets them
     config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
@@ -189,11 +218,139 @@ def run(config: dict, modes: list[str], *, warmup: int, iters: int,
     rows = [bench_mode(config, mode, device, warmup=warmup, iters=iters, flops=flops)
             for mode in modes]
     print_table(rows, device)
+    loader_result = report_loader(loader, config, rows, device) if loader else None
     return {'device': name, 'torch': torch.__version__, 'warmup': warmup, 'iters': iters,
             'flops_per_iter': flops, 'gflop_per_image': gflop_per_image,
             'real_images_per_iter': train.images_per_itr(config),
             'G_images_per_iter': G_images_per_iter(config), 'rows': rows,
+            'loader': loader_result,
             'config': utils.plain_config(config)}
+
+
+# ----------------------------------------------------------------------------- the loader
+
+@dataclass
+class LoaderBench:
+    """The training loader of the HDF5 path to time, and what it reads."""
+    loader: DataLoader
+    source: str  # 'dataset' (--dataset's file) or 'synthetic' (a temporary file)
+    path: str
+    warmup: int  # untimed batches: one round of the workers' first batches
+    batches: int  # timed batches: whole rounds of the workers
+
+
+def loader_rounds(num_workers: int, batches: int) -> tuple[int, int]:
+    """(warm-up, timed) batches: one round of the workers, then `batches` rounded up to
+    whole rounds, so that the timed span holds as many batches as the workers made in it."""
+    workers = max(1, num_workers)
+    return workers, -(-batches // workers) * workers
+
+
+def hdf5_path(config: dict) -> Path:
+    """--dataset's HDF5 file, resolved as train.py resolves it; an error naming the fix
+    when it is no HDF5 file (a folder, CIFAR) or not at the bench's resolution."""
+    spec = datasets.resolve_dataset(config['dataset'], config['data_root'],
+                                    resolution=config['resolution'] or None,
+                                    single_class_ok=config['unconditional'])
+    if spec.kind == 'folder':
+        raise ValueError(f"--dataset {config['dataset']} is an image folder, not an HDF5 file; "
+                         f"pack it with `python make_hdf5.py --dataset {config['dataset']} "
+                         f"--resolution {spec.resolution}` and pass the file it writes")
+    if spec.kind != 'hdf5':
+        raise ValueError(f"--dataset {config['dataset']} is CIFAR, held in memory as "
+                         f"torchvision's arrays, not an HDF5 file")
+    return spec.path
+
+
+def write_synthetic_hdf5(folder: Path, resolution: int, n_classes: int, n_images: int,
+                         seed: int = 0) -> Path:
+    """A file of random images in make_hdf5.py's layout: random BMPs (image i in class
+    i mod n_classes) packed by make_hdf5.pack_folder as make_hdf5.py packs by default;
+    the BMPs are deleted after."""
+    rng = np.random.default_rng(seed)
+    images = folder / 'images'
+    for c in range(n_classes):
+        (images / f'{c:05d}').mkdir(parents=True)
+    for i in range(max(n_images, n_classes)):  # every class gets an image
+        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f'{i % n_classes:05d}' / f'{i:07d}.bmp')
+    packed = make_hdf5.pack_folder(images, folder / f'synthetic_{resolution}.hdf5', resolution,
+                                   num_workers=0, progress=False, single_class_ok=n_classes == 1)
+    shutil.rmtree(images)
+    return packed.path
+
+
+def build_loader_bench(config: dict, source: str, batches: int, folder: Path) -> LoaderBench:
+    """The loader train.py would build (`train.build_loader`) on --dataset's HDF5 file
+    (source 'dataset') or on a synthetic file written to `folder` ('synthetic')."""
+    config = utils.update_config_roots(dict(config))  # --base_root moves data_root
+    warmup, batches = loader_rounds(config['num_workers'], batches)
+    per_batch = train.images_per_itr(config)
+    if source == 'synthetic':
+        resolution = (config['resolution']
+                      or datasets.resolve_dataset(config['dataset']).resolution)
+        path = write_synthetic_hdf5(folder, resolution, config['n_classes'],
+                                    max((warmup + batches) * per_batch, config['num_samples']),
+                                    config['seed'])
+        config = {**config, 'dataset': str(path), 'resolution': resolution}
+    else:
+        path = hdf5_path(config)
+    loader = train.build_loader(config, start_itr=0, rank=0, world_size=1)
+    if len(loader) < warmup + batches:
+        raise ValueError(f'{path} gives {len(loader)} batches of {per_batch} images (one '
+                         f"iteration's real images) in a pass; timing {batches} after "
+                         f'{warmup} warm-up needs {warmup + batches}: lower '
+                         f'--bench_loader_batches or --num_workers')
+    return LoaderBench(loader, source, str(path), warmup, batches)
+
+
+def time_loader(bench: LoaderBench, config: dict, device: torch.device) -> dict:
+    """Images/s of the loader with the copy to the device, over the timed batches after
+    the warm-up ones, and the seconds to the first batch (worker start-up included)."""
+    start = time.perf_counter()
+    batches = iter(bench.loader)  # starts the workers
+    train.to_device(*next(batches), config, device)
+    synchronize(device)
+    first_batch_s = time.perf_counter() - start
+    for _ in range(bench.warmup - 1):
+        train.to_device(*next(batches), config, device)
+    synchronize(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(bench.batches):
+        _, y = train.to_device(*next(batches), config, device)
+        images += len(y)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {'source': bench.source, 'path': bench.path, 'images_per_s': images / seconds,
+            'images': images, 'batches': bench.batches, 'warmup_batches': bench.warmup,
+            'batch_size': bench.loader.batch_size, 'num_workers': bench.loader.num_workers,
+            'first_batch_s': first_batch_s}
+
+
+def report_loader(bench: LoaderBench, config: dict, rows: list[dict],
+                  device: torch.device) -> dict:
+    """Time the loader in the fastest mode's memory format, print it beside that mode's
+    img/s (the most the step consumes) and say whether it keeps up."""
+    timed = [r for r in rows if 'error' not in r]
+    fastest = max(timed, key=lambda r: r['images_per_s'], default=None)
+    result = time_loader(bench, mode_config(config, fastest['mode']) if fastest else config,
+                         device)
+    workers = result['num_workers']
+    what = 'synthetic hdf5' if bench.source == 'synthetic' else f'hdf5 {bench.path}'
+    print(f"loader ({what}, {workers} worker{'s' * (workers != 1)}, batches of "
+          f"{result['batch_size']}): {result['images_per_s']:,.1f} img/s over "
+          f"{result['batches']} batches after {result['warmup_batches']} warm-up (first "
+          f"batch {result['first_batch_s']:.2f} s)")
+    if fastest is None:
+        print('loader: no mode ran, so nothing to compare it with')
+        return result
+    ratio = result['images_per_s'] / fastest['images_per_s']
+    verdict = ('keeps up' if ratio >= 1 else 'does NOT keep up: the step would wait for data '
+               '(more --num_workers, --load_in_mem or an uncompressed file help)')
+    print(f"the fastest mode, {fastest['mode']}, consumes {fastest['images_per_s']:,.1f} "
+          f'img/s: the loader gives {ratio:.2f}x that and {verdict}')
+    return {**result, 'step_mode': fastest['mode'],
+            'step_images_per_s': fastest['images_per_s'], 'loader_over_step': ratio}
 
 
 def prepare_parser() -> argparse.ArgumentParser:
@@ -208,6 +365,11 @@ def prepare_parser() -> argparse.ArgumentParser:
                         help='untimed iterations first (compile needs several)')
     parser.add_argument('--bench_json', default='', help='also write the results here')
     parser.add_argument('--bench_device', default='', help='cpu or cuda (default: cuda if any)')
+    parser.add_argument('--bench_loader', default='auto', choices=LOADER_SOURCES,
+                        help="time the HDF5 training loader: auto (--dataset's file if it "
+                             "exists), dataset, synthetic (a temporary file) or off")
+    parser.add_argument('--bench_loader_batches', type=int, default=20,
+                        help='timed loader batches (rounded up to whole rounds of workers)')
     return parser
 
 
@@ -222,9 +384,27 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parser.error(f"--bench_modes: unknown {unknown}; choose from {', '.join(MODES)}")
     if bench['bench_iters'] < 1:
         parser.error('--bench_iters must be at least 1')
+    if bench['bench_loader_batches'] < 1:
+        parser.error('--bench_loader_batches must be at least 1')
     device = torch.device(bench['bench_device']) if bench['bench_device'] else None
-    result = run(config, modes, warmup=bench['bench_warmup'], iters=bench['bench_iters'],
-                 device=device)
+    source = bench['bench_loader']
+    with tempfile.TemporaryDirectory(prefix='bench_loader_') as folder:
+        loader: Optional[LoaderBench] = None
+        skipped: Optional[str] = None
+        if source != 'off':
+            try:
+                loader = build_loader_bench(config, 'dataset' if source == 'auto' else source,
+                                            bench['bench_loader_batches'], Path(folder))
+            except (ValueError, OSError) as e:  # checked before minutes of step timing
+                if source != 'auto':
+                    hint = f'; {SYNTHETIC_HINT}' if source == 'dataset' else ''
+                    parser.error(f'--bench_loader {source}: {e}{hint}')
+                skipped = str(e)
+        result = run(config, modes, warmup=bench['bench_warmup'], iters=bench['bench_iters'],
+                     device=device, loader=loader)
+    if skipped:
+        print(f'loader: not timed ({skipped}); {SYNTHETIC_HINT}')
+        result['loader'] = {'skipped': skipped}
     if bench['bench_json']:
         with open(bench['bench_json'], 'w') as f:
             json.dump(result, f, indent=2)

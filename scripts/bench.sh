@@ -5,7 +5,9 @@
 # one G step); the 8-accumulation run costs 8x the time per iteration at the same images/s.
 # Prints images/s, ms/iter, peak GPU memory and TFLOP/s for fp32, bf16, bf16+channels_last
 # and bf16+compile. Extra flags pass through, e.g. --bench_json bench_I128.json.
-# Data, loader, DataParallel, sampling and saving flags are left out: nothing here reads them.
+# The loader figure (bench.py --bench_loader) times --dataset's HDF5 file if it exists, or with
+# --bench_loader synthetic a temporary one, with the default --num_workers 8 unless given.
+# DataParallel, sampling and saving flags are left out: nothing here reads them.
 set -e
 cd "$(dirname "$0")/.."
 python bench.py \
