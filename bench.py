@@ -15,6 +15,12 @@ so the step timing includes no data loading. Figures per mode:
     TFLOP/s   FLOPs of one iteration / s per iteration; FLOPs are counted once, in eager
               fp32, by FlopCounterMode (convs and matmuls with their gradients, SN power
               iterations included; every mode does the same ones)
+    MFU       TFLOP/s over the chip's dense tensor-core peak (bench.PEAK_TFLOPS: TF32 for the
+              fp32 mode, whose convolutions run in TF32; BF16 for the others), on known GPUs
+              or with --bench_peak_tflops
+
+Modes: fp32, bf16 (autocast), _cl (channels_last), _compile (torch.compile of G_D), and
+_compile_ro (--compile_mode reduce-overhead: CUDA graphs).
 
 Beside them, once, the loader figure (--bench_loader): whether the data loader keeps up.
 
@@ -68,13 +74,18 @@ import train
 import train_fns
 import utils
 
-MODES = {  # name: (--amp, --channels_last, --compile)
-    'fp32': ('none', False, False),
-    'bf16': ('bf16', False, False),
-    'bf16_cl': ('bf16', True, False),
-    'bf16_compile': ('bf16', False, True),
-    'bf16_cl_compile': ('bf16', True, True),
+MODES = {  # name: (--amp, --channels_last, --compile_mode or None for no --compile)
+    'fp32': ('none', False, None),
+    'bf16': ('bf16', False, None),
+    'bf16_cl': ('bf16', True, None),
+    'bf16_compile': ('bf16', False, 'default'),
+    'bf16_cl_compile': ('bf16', True, 'default'),
+    'bf16_cl_compile_ro': ('bf16', True, 'reduce-overhead'),  # + CUDA graphs
 }
+# Dense tensor-core peaks in TFLOP/s (NVIDIA's data sheets, SXM parts): (TF32, BF16). fp32
+# modes run their convolutions and matmuls in TF32 (utils.configure_backends).
+PEAK_TFLOPS = {'H200': (494.7, 989.4), 'H100': (494.7, 989.4), 'A100': (156.0, 312.0),
+               'V100': (15.7, 125.0)}  # V100: no TF32 or bf16; its fp32 and fp16 peaks
 ANALYTIC_GFLOP_PER_IMAGE = 370  # BigGAN-128 ch96, counted by hand from its layer shapes
 LOADER_SOURCES = ('auto', 'dataset', 'synthetic', 'off')  # --bench_loader (see the docstring)
 SYNTHETIC_HINT = '--bench_loader synthetic times the loader on a temporary file of random images'
@@ -123,8 +134,20 @@ def build_step(config: dict, device: torch.device) -> Step:
 
 def mode_config(config: dict, mode: str) -> dict:
     """The config with a mode's --amp, --channels_last and --compile."""
-    amp, channels_last, compile_ = MODES[mode]
-    return {**config, 'amp': amp, 'channels_last': channels_last, 'compile': compile_}
+    amp, channels_last, compile_mode = MODES[mode]
+    return {**config, 'amp': amp, 'channels_last': channels_last,
+            'compile': compile_mode is not None, 'compile_mode': compile_mode or 'default'}
+
+
+def peak_tflops(device_name: str, mode: str, given: float = 0.0) -> Optional[float]:
+    """The device's dense peak for the mode's precision (TF32 for fp32), or None if unknown;
+    `given` (--bench_peak_tflops) overrides the bf16 figure and counts for every mode."""
+    if given:
+        return given
+    for chip, (tf32, bf16) in PEAK_TFLOPS.items():
+        if chip in device_name:
+            return tf32 if MODES[mode][0] == 'none' else bf16
+    return None
 
 
 def count_flops(config: dict, device: torch.device) -> int:
@@ -184,21 +207,41 @@ def bench_mode(config: dict, mode: str, device: torch.device, *, warmup: int, it
     return row
 
 
+def add_mfu(rows: list[dict], device_name: str, given_peak: float = 0.0) -> None:
+    """Each timed row's model FLOPs utilisation: its TFLOP/s over the chip's dense peak."""
+    for r in rows:
+        peak = peak_tflops(device_name, r['mode'], given_peak)
+        if 'error' not in r and peak:
+            r.update(peak_TFLOP_per_s=peak, MFU=r['TFLOP_per_s'] / peak)
+
+
+def fastest_row(rows: list[dict]) -> Optional[dict]:
+    """The timed row with the most real images per second."""
+    return max((r for r in rows if 'error' not in r), key=lambda r: r['images_per_s'],
+               default=None)
+
+
 def print_table(rows: list[dict], device: torch.device) -> None:
-    """The rows as an aligned table."""
+    """The rows as an aligned table, and the fastest mode."""
     mem = 'peak GPU GiB' if device.type == 'cuda' else 'peak RSS GiB'
-    print(f"{'mode':<16}{'img/s':>10}{'G img/s':>10}{'ms/iter':>10}{mem:>14}{'TFLOP/s':>10}")
+    print(f"{'mode':<20}{'img/s':>10}{'G img/s':>10}{'ms/iter':>10}{mem:>14}{'TFLOP/s':>10}"
+          f"{'MFU':>8}")
     for r in rows:
         if 'error' in r:
-            print(f"{r['mode']:<16}failed: {r['error']}")
+            print(f"{r['mode']:<20}failed: {r['error']}")
             continue
         peak = 'n/a' if r['peak_mem_GiB'] is None else f"{r['peak_mem_GiB']:.2f}"
-        print(f"{r['mode']:<16}{r['images_per_s']:>10.1f}{r['G_images_per_s']:>10.1f}"
-              f"{r['ms_per_iter']:>10.1f}{peak:>14}{r['TFLOP_per_s']:>10.3f}")
+        mfu = f"{r['MFU']:.1%}" if 'MFU' in r else 'n/a'
+        print(f"{r['mode']:<20}{r['images_per_s']:>10.1f}{r['G_images_per_s']:>10.1f}"
+              f"{r['ms_per_iter']:>10.1f}{peak:>14}{r['TFLOP_per_s']:>10.3f}{mfu:>8}")
+    best = fastest_row(rows)
+    if best is not None:
+        print(f"fastest: {best['mode']}, {best['images_per_s']:,.1f} real img/s")
 
 
 def run(config: dict, modes: list[str], *, warmup: int, iters: int,
-        device: Optional[torch.device] = None, loader: Optional[LoaderBench] = None) -> dict:
+        device: Optional[torch.device] = None, loader: Optional[LoaderBench] = None,
+        peak_tflops_given: float = 0.0) -> dict:
     """Count FLOPs once, bench every mode, print the table, then time `loader` if given;
     returns the JSON-able result."""
     device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -217,13 +260,14 @@ def run(config: dict, modes: list[str], *, warmup: int, iters: int,
           f'reference for BigGAN-128 ch96: ~{ANALYTIC_GFLOP_PER_IMAGE})')
     rows = [bench_mode(config, mode, device, warmup=warmup, iters=iters, flops=flops)
             for mode in modes]
+    add_mfu(rows, name, peak_tflops_given)
     print_table(rows, device)
     loader_result = report_loader(loader, config, rows, device) if loader else None
     return {'device': name, 'torch': torch.__version__, 'warmup': warmup, 'iters': iters,
             'flops_per_iter': flops, 'gflop_per_image': gflop_per_image,
             'real_images_per_iter': train.images_per_itr(config),
             'G_images_per_iter': G_images_per_iter(config), 'rows': rows,
-            'loader': loader_result,
+            'fastest': (fastest_row(rows) or {}).get('mode'), 'loader': loader_result,
             'config': utils.plain_config(config)}
 
 
@@ -331,8 +375,7 @@ def report_loader(bench: LoaderBench, config: dict, rows: list[dict],
                   device: torch.device) -> dict:
     """Time the loader in the fastest mode's memory format, print it beside that mode's
     img/s (the most the step consumes) and say whether it keeps up."""
-    timed = [r for r in rows if 'error' not in r]
-    fastest = max(timed, key=lambda r: r['images_per_s'], default=None)
+    fastest = fastest_row(rows)
     result = time_loader(bench, mode_config(config, fastest['mode']) if fastest else config,
                          device)
     workers = result['num_workers']
@@ -365,6 +408,9 @@ def prepare_parser() -> argparse.ArgumentParser:
                         help='untimed iterations first (compile needs several)')
     parser.add_argument('--bench_json', default='', help='also write the results here')
     parser.add_argument('--bench_device', default='', help='cpu or cuda (default: cuda if any)')
+    parser.add_argument('--bench_peak_tflops', type=float, default=0.0,
+                        help="the chip's dense peak TFLOP/s for the MFU column (default: "
+                             "from the GPU's name for H200/H100/A100/V100, TF32 for fp32 modes)")
     parser.add_argument('--bench_loader', default='auto', choices=LOADER_SOURCES,
                         help="time the HDF5 training loader: auto (--dataset's file if it "
                              "exists), dataset, synthetic (a temporary file) or off")
@@ -401,7 +447,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     parser.error(f'--bench_loader {source}: {e}{hint}')
                 skipped = str(e)
         result = run(config, modes, warmup=bench['bench_warmup'], iters=bench['bench_iters'],
-                     device=device, loader=loader)
+                     device=device, loader=loader, peak_tflops_given=bench['bench_peak_tflops'])
     if skipped:
         print(f'loader: not timed ({skipped}); {SYNTHETIC_HINT}')
         result['loader'] = {'skipped': skipped}

@@ -210,6 +210,9 @@ FLAGS = [
          choices=('none', 'bf16', 'fp16')),
     Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D'),
     Flag('compile', False, SWITCH, 'torch.compile G and D'),
+    Flag('compile_mode', 'default', str, 'torch.compile mode with --compile: default, '
+         'reduce-overhead (CUDA graphs: one launch per graph, not per kernel) or '
+         'max-autotune', choices=('default', 'reduce-overhead', 'max-autotune')),
     Flag('inception', 'torchvision', str, 'Inception net for IS/FID: torchvision or tf',
          choices=('torchvision', 'tf')),
     Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)'),

@@ -356,7 +356,9 @@ def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, worl
         GD = make_GD(nets.G, nets.D)
         if config['parallel'] and torch.cuda.device_count() > 1:
             GD = nn.DataParallel(GD)
-    return (torch.compile(GD) if config['compile'] else GD), G_ddp, D_ddp
+    if config['compile']:
+        GD = torch.compile(GD, mode=config.get('compile_mode', 'default'))
+    return GD, G_ddp, D_ddp
 
 
 def images_per_itr(config: dict, world_size: int = 1) -> int:

@@ -14,6 +14,10 @@ Builds the iteration exactly as bench.py does (bench.py's flags, synthetic data)
                 linears outside SN/BN, the autograd engine's own accumulation
     python      wall time not inside any op: the interpreter and framework overhead
 
+On a GPU it also reports the kernels' time per iteration by the same categories, how busy
+the GPU was (kernel time / wall time: low means launch overhead or host syncs bound the
+step, not the arithmetic), kernel launches and host syncs per iteration, and the top kernels.
+
 Forward ops are assigned by the innermost labelled range they run in (SN/BN/attention/EMA/
 ortho are wrapped in record_function ranges for the run); backward ops by the forward op
 they differentiate (the profiler's sequence numbers link them), so an SN division's backward
@@ -26,6 +30,7 @@ Example (the issue-16 CPU command):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -57,15 +62,20 @@ def _labelled(category: str, fn):
     return wrapper
 
 
-def instrument() -> None:
-    """Wrap the functions whose time is reported by name in labelled ranges (this process)."""
-    layers.SN.W_ = _labelled('spectral', layers.SN.W_)
-    for cls in (layers.ccbn, layers.bn):
-        cls.forward = _labelled('batchnorm', cls.forward)
-    layers.Attention.forward = _labelled('attention', layers.Attention.forward)
-    utils.ema.update = _labelled('ema', utils.ema.update)
-    utils.ortho = _labelled('ortho', utils.ortho)
-    train_fns.utils.ortho = utils.ortho
+@contextlib.contextmanager
+def instrumented():
+    """Inside the block, the functions reported by name run in labelled ranges."""
+    targets = [(layers.SN, 'W_', 'spectral'), (layers.ccbn, 'forward', 'batchnorm'),
+               (layers.bn, 'forward', 'batchnorm'), (layers.Attention, 'forward', 'attention'),
+               (utils.ema, 'update', 'ema'), (utils, 'ortho', 'ortho')]
+    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in targets]
+    try:
+        for owner, name, category in targets:
+            setattr(owner, name, _labelled(category, owner.__dict__[name]))
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 def _range_category(event) -> Optional[str]:
@@ -100,8 +110,9 @@ def _backward_node(event):
     return None
 
 
-def categorize(events) -> dict[str, float]:
-    """Self CPU microseconds per category (without 'python')."""
+def categorize(events, time_of=lambda e: e.self_cpu_time_total) -> dict[str, float]:
+    """Microseconds per category (without 'python'): each event's self CPU time, or with
+    `time_of` another of its times (e.g. the GPU time of the kernels it launched)."""
     # Sequence number of a forward op -> its category. Every op since the last autograd node
     # was made (no-grad ops too) carries the number the next node gets; the node's own op
     # is the last of them to start, so later events overwrite earlier ones.
@@ -126,8 +137,37 @@ def categorize(events) -> dict[str, float]:
         if category is None:
             outer = _outermost_op(e)
             category = 'conv' if outer is not None and outer.name.startswith(CONV_OPS) else None
-        totals[category or 'other ops'] += e.self_cpu_time_total
+        totals[category or 'other ops'] += time_of(e)
     return totals
+
+
+def device_time(event) -> float:
+    """GPU microseconds of the kernels a CPU op launched itself (0 for kernels' own events)."""
+    if event.device_type != torch.autograd.DeviceType.CPU:
+        return 0.0
+    return getattr(event, 'self_device_time_total', 0.0)
+
+
+def gpu_figures(events, wall_us: float, iters: int) -> dict:
+    """Per iteration: GPU kernel time by category, how busy the GPU was, kernel launches and
+    host syncs, and the kernels that take the most time: what a slow GPU step is short of."""
+    kernel_us = sum(device_time(e) for e in events)
+    calls = collections.Counter(e.name for e in events)
+    launches = sum(n for name, n in calls.items() if 'LaunchKernel' in name)
+    syncs = sum(n for name, n in calls.items() if 'Synchronize' in name)
+    kernels = collections.defaultdict(float)
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CPU:
+            kernels[e.name] += e.device_time_total
+    top = sorted(kernels.items(), key=lambda kv: kv[1], reverse=True)[:10]
+    return {'kernel_ms_per_iter': kernel_us / iters / 1e3,
+            'gpu_busy': kernel_us / wall_us if wall_us else 0.0,
+            'kernel_ms_by_category': {c: v / iters / 1e3 for c, v in
+                                      categorize(events, device_time).items()},
+            'kernel_launches_per_iter': launches / iters,
+            'host_syncs_per_iter': syncs / iters,
+            'top_kernels': [{'name': name, 'ms_per_iter': us / iters / 1e3}
+                            for name, us in top]}
 
 
 def profile_iterations(step: bench.Step, device: torch.device, *, warmup: int, iters: int,
@@ -151,7 +191,8 @@ def profile_iterations(step: bench.Step, device: torch.device, *, warmup: int, i
     totals['python'] = max(wall_us - sum(totals.values()), 0.0)
     per_iter = {c: totals.get(c, 0.0) / iters / 1e3 for c in CATEGORIES}
     top = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
-    return {'ms_per_iter': wall_us / iters / 1e3, 'categories_ms': per_iter,
+    gpu = gpu_figures(events, wall_us, iters) if device.type == 'cuda' else None
+    return {'ms_per_iter': wall_us / iters / 1e3, 'categories_ms': per_iter, 'gpu': gpu,
             'top_ops': [{'name': a.key, 'calls_per_iter': a.count / iters,
                          'self_ms_per_iter': a.self_cpu_time_total / iters / 1e3}
                         for a in top],
@@ -171,6 +212,21 @@ def print_report(result: dict) -> None:
     print(f"\n{'top ops by self time':<48}{'calls':>8}{'ms/iter':>10}")
     for op in result['top_ops']:
         print(f"{op['name'][:47]:<48}{op['calls_per_iter']:>8.0f}{op['self_ms_per_iter']:>10.1f}")
+    gpu = result['gpu']
+    if gpu is None:
+        return
+    print(f"\nGPU: kernels {gpu['kernel_ms_per_iter']:.1f} ms of {total:.1f} ms per iteration "
+          f"(busy {gpu['gpu_busy']:.0%}); {gpu['kernel_launches_per_iter']:.0f} kernel launches "
+          f"and {gpu['host_syncs_per_iter']:.1f} host syncs per iteration")
+    if gpu['gpu_busy'] < 0.8:
+        print('  the GPU waits on the host: launch overhead or syncs, not kernels, bound this '
+              'step (CUDA graphs: --compile_mode reduce-overhead; fewer, larger kernels)')
+    print(f"{'kernel time by category':<48}{'ms/iter':>10}")
+    for c, ms in sorted(gpu['kernel_ms_by_category'].items(), key=lambda kv: -kv[1]):
+        print(f'  {c:<46}{ms:>10.1f}')
+    print(f"{'top kernels':<48}{'ms/iter':>10}")
+    for k in gpu['top_kernels']:
+        print(f"  {k['name'][:46]:<46}{k['ms_per_iter']:>10.1f}")
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -189,10 +245,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
                           ('cuda' if torch.cuda.is_available() else 'cpu'))
     utils.configure_backends(device)
     config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
-    instrument()
     step = bench.build_step(bench.mode_config(config, options['profile_mode']), device)
-    result = profile_iterations(step, device, warmup=options['profile_warmup'],
-                                iters=options['profile_iters'], trace=options['profile_trace'])
+    with instrumented():
+        result = profile_iterations(step, device, warmup=options['profile_warmup'],
+                                    iters=options['profile_iters'],
+                                    trace=options['profile_trace'])
     print(f"{options['profile_mode']} on {device}, torch {torch.__version__}, "
           f'{torch.get_num_threads()} threads')
     print_report(result)

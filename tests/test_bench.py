@@ -171,3 +171,31 @@ def test_loader_auto_notes_why_it_is_not_timed(tmp_path, capsys):
     assert 'does not exist' in result['loader']['skipped']
     assert 'loader: not timed' in capsys.readouterr().out
     assert bench.main(LOADER_FLAGS + ['--bench_loader', 'off'])['loader'] is None
+
+
+def test_modes_map_to_the_training_flags_and_mfu_uses_the_chips_peak(monkeypatch):
+    config = tiny_config()
+    assert {k: bench.mode_config(config, 'bf16_cl_compile_ro')[k]
+            for k in ('amp', 'channels_last', 'compile', 'compile_mode')} == {
+        'amp': 'bf16', 'channels_last': True, 'compile': True, 'compile_mode': 'reduce-overhead'}
+    assert not bench.mode_config(config, 'fp32')['compile']
+    # TF32 peak for fp32 (its convolutions run in TF32), BF16 for the rest; unknown chip: none
+    assert bench.peak_tflops('NVIDIA H200', 'fp32') == 494.7
+    assert bench.peak_tflops('NVIDIA H100 80GB HBM3', 'bf16_cl') == 989.4
+    assert bench.peak_tflops('cpu', 'bf16') is None
+    assert bench.peak_tflops('cpu', 'fp32', given=2.0) == 2.0
+    rows = [{'mode': 'bf16', 'TFLOP_per_s': 400.0, 'images_per_s': 1.0},
+            {'mode': 'fp32', 'error': 'OutOfMemoryError'}]
+    bench.add_mfu(rows, 'NVIDIA H200')
+    assert rows[0]['MFU'] == pytest.approx(400 / 989.4) and 'MFU' not in rows[1]
+    assert bench.fastest_row(rows) is rows[0]
+    # train.py hands --compile_mode to torch.compile
+    import train
+    seen = {}
+    monkeypatch.setattr(torch, 'compile', lambda net, mode: seen.setdefault('mode', mode) and net)
+    step = bench.build_step(bench.mode_config(config, 'bf16_cl_compile_ro'), torch.device('cpu'))
+    assert seen['mode'] == 'reduce-overhead' and step.G is not None
+    parse = train.utils.prepare_parser().parse_args
+    assert vars(parse([]))['compile_mode'] == 'default'
+    with pytest.raises(SystemExit):
+        parse(['--compile_mode', 'fastest'])
