@@ -250,6 +250,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         result = profile_iterations(step, device, warmup=options['profile_warmup'],
                                     iters=options['profile_iters'],
                                     trace=options['profile_trace'])
+    result['mode'] = options['profile_mode']
     print(f"{options['profile_mode']} on {device}, torch {torch.__version__}, "
           f'{torch.get_num_threads()} threads')
     print_report(result)

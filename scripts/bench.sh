@@ -8,9 +8,10 @@
 # The loader figure (bench.py --bench_loader) times --dataset's HDF5 file if it exists, or with
 # --bench_loader synthetic a temporary one, with the default --num_workers 8 unless given.
 # DataParallel, sampling and saving flags are left out: nothing here reads them.
+# SCRIPT=benchmarks/profile_step.py runs the profiler on the same step instead.
 set -e
 cd "$(dirname "$0")/.."
-python bench.py \
+python "${SCRIPT:-bench.py}" \
   --resolution 128 --n_classes 1000 --batch_size 256 \
   --num_G_accumulations 1 --num_D_accumulations 1 --num_D_steps 1 --G_lr 1e-4 --D_lr 4e-4 \
   --D_B2 0.999 --G_B2 0.999 --G_attn 64 --D_attn 64 --G_nl inplace_relu --D_nl inplace_relu \

@@ -178,3 +178,22 @@ def test_demo_launcher_commands_parse():
     assert config['dataset'] == 'data/demo_32.hdf5' and config['experiment_name'] == 'demo'
     assert config['ema'] and config['use_ema'] and config['test_every'] == 0
     assert commands['sample.py'][:2] == ['--experiment_name', 'demo']
+
+
+def test_gpu_checks_smoke_run_writes_every_figure(tmp_path):
+    """scripts/gpu_checks.sh on a tiny model (GPU_CHECKS_SMOKE=1): every step runs and the
+    report holds each figure, so a GPU lease is never spent on a broken script."""
+    import subprocess
+    out = tmp_path / 'out'
+    env = {**os.environ, 'GPU_CHECKS_SMOKE': '1', 'OUT': str(out), 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(['bash', str(SCRIPTS / 'gpu_checks.sh')], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (out / 'summary.txt').read_text()
+    for figure in ('training step: BigGAN-32', 'fp32', 'bf16_cl', 'fastest:', 'HDF5 loader',
+                   'sampling (G in eval', 'IS/FID test of 20 samples', 'profile (bf16_cl)'):
+        assert figure in summary, (figure, summary)
+    assert not re.search(r'^== .*: (exit \d+|skipped, )', (out / 'log.txt').read_text(), re.M)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ['bench.json', 'log.txt', 'profile.json', 'sample.json', 'summary.json',
+                     'summary.txt']  # at most 8 files come back from a device run
