@@ -63,6 +63,20 @@ def test_ortho_gradient_equals_autograd_of_its_loss():
     assert conv.bias.grad.abs().sum() == 0  # 1-d parameters are left alone
 
 
+@pytest.mark.parametrize('shape', [(300, 20), (20, 300), (64, 64), (40, 3, 1, 1)])
+def test_ortho_gradient_of_tall_and_wide_weights_matches_the_float64_2019_formula(shape):
+    """Tall weights use W (Wᵀ W) - diag(W Wᵀ) W (no [out, out] matrix): the same gradient."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1, 1, bias=False)
+    layer.weight = torch.nn.Parameter(torch.randn(shape) / shape[1] ** 0.5)
+    layer.weight.grad = torch.randn(shape)
+    w = layer.weight.detach().double().reshape(shape[0], -1)
+    want = layer.weight.grad.double() + 2e-2 * ((w @ w.t()) * (1 - torch.eye(shape[0],
+                                                dtype=torch.float64)) @ w).view(shape)
+    utils.ortho(layer, 1e-2)
+    torch.testing.assert_close(layer.weight.grad.double(), want, atol=1e-6, rtol=1e-5)
+
+
 def test_ema_follows_decay_and_is_pegged_before_start():
     torch.manual_seed(0)
     G, G_ema = BigGAN.Generator(**TINY), BigGAN.Generator(**TINY)
