@@ -451,10 +451,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if skipped:
         print(f'loader: not timed ({skipped}); {SYNTHETIC_HINT}')
         result['loader'] = {'skipped': skipped}
-    if bench['bench_json']:
-        with open(bench['bench_json'], 'w') as f:
-            json.dump(result, f, indent=2)
+    write_json(bench['bench_json'], result)
     return result
+
+
+def write_json(path: str, result: dict) -> None:
+    """The result as indented JSON at `path` (a --bench_json-style flag), if one was given."""
+    if path:
+        with open(path, 'w') as f:
+            json.dump(result, f, indent=2)
 
 
 if __name__ == '__main__':

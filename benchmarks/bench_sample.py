@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import sys
 import tempfile
@@ -373,9 +372,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     """Parse the flags, bench, print and optionally write the JSON."""
     config, bench_flags, weights_file, itr = resolve(argv)
     result = run(config, bench_flags, weights_file, itr)
-    if bench_flags['bench_json']:
-        with open(bench_flags['bench_json'], 'w') as f:
-            json.dump(result, f, indent=2)
+    bench.write_json(bench_flags['bench_json'], result)
     return result
 
 

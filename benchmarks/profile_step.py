@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import json
 import os
 import sys
 import time
@@ -254,9 +253,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"{options['profile_mode']} on {device}, torch {torch.__version__}, "
           f'{torch.get_num_threads()} threads')
     print_report(result)
-    if options['profile_json']:
-        with open(options['profile_json'], 'w') as f:
-            json.dump(result, f, indent=2)
+    bench.write_json(options['profile_json'], result)
     return result
 
 

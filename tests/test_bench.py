@@ -15,13 +15,7 @@ TINY_FLAGS = ['--resolution', '32', '--G_ch', '4', '--D_ch', '4', '--dim_z', '16
               '--n_classes', '3', '--batch_size', '4', '--num_D_steps', '2', '--ema']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU, OpenMP barriers stall for seconds a step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py
 
 
 def tiny_config() -> dict:

@@ -16,13 +16,7 @@ TINY_FLAGS = ['--resolution', '32', '--G_ch', '4', '--dim_z', '16', '--shared_di
               '--bench_device', 'cpu', '--bench_warmup', '1', '--bench_batches', '2']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU, OpenMP barriers stall for seconds a step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py
 
 
 def test_rows_and_metrics_timing(tmp_path, capsys):

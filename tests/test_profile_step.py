@@ -15,12 +15,7 @@ TINY_FLAGS = ['--resolution', '32', '--G_ch', '4', '--D_ch', '4', '--dim_z', '16
               '--profile_warmup', '1']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py
 
 
 def test_every_category_is_found_and_the_shares_add_up_to_the_wall_time(tmp_path, capsys):
