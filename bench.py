@@ -187,19 +187,34 @@ def peak_memory_gib(device: torch.device) -> Optional[float]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def bench_mode(config: dict, mode: str, device: torch.device, *, warmup: int, iters: int,
-               flops: int) -> dict:
-    """One row of the table; a mode that fails (compile, out of memory) reports its error."""
+def pick_device(name: str = '') -> torch.device:
+    """The --bench_device named, else CUDA if there is one, else the CPU."""
+    return torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Free what earlier work left and restart the GPU's peak-memory count."""
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def error_text(e: Exception) -> str:
+    """A failed mode's row entry: the exception's type and first non-empty line."""
+    lines = [line for line in str(e).splitlines() if line.strip()] or ['']
+    return f'{type(e).__name__}: {lines[0][:300]}'
+
+
+def bench_mode(config: dict, mode: str, device: torch.device, *, warmup: int, iters: int,
+               flops: int) -> dict:
+    """One row of the table; a mode that fails (compile, out of memory) reports its error."""
+    reset_peak_memory(device)
     row: dict = {'mode': mode}
     try:
         seconds = time_step(build_step(mode_config(config, mode), device), device, warmup, iters)
     except Exception as e:  # report it in the row and bench the next mode
-        lines = [line for line in str(e).splitlines() if line.strip()] or ['']
-        row['error'] = f'{type(e).__name__}: {lines[0][:300]}'
+        row['error'] = error_text(e)
         return row
     row.update(images_per_s=train.images_per_itr(config) / seconds,
                G_images_per_s=G_images_per_iter(config) / seconds, ms_per_iter=seconds * 1e3,
@@ -244,7 +259,7 @@ def run(config: dict, modes: list[str], *, warmup: int, iters: int,
         peak_tflops_given: float = 0.0) -> dict:
     """Count FLOPs once, bench every mode, print the table, then time `loader` if given;
     returns the JSON-able result."""
-    device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = device or pick_device()
     utils.configure_backends(device)  # as train.py sets them
     config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
     if not config['resolution']:  # a dataset name fixes it (I128_hdf5 by default)
@@ -432,7 +447,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parser.error('--bench_iters must be at least 1')
     if bench['bench_loader_batches'] < 1:
         parser.error('--bench_loader_batches must be at least 1')
-    device = torch.device(bench['bench_device']) if bench['bench_device'] else None
+    device = pick_device(bench['bench_device'])
     source = bench['bench_loader']
     with tempfile.TemporaryDirectory(prefix='bench_loader_') as folder:
         loader: Optional[LoaderBench] = None

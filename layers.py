@@ -78,8 +78,10 @@ class SN:
                 self._sn_cache = None
             return self._normalized_weight()
         key = self._cache_key()
-        cache = getattr(self, '_sn_cache', None)
-        if key is None or cache is None or cache[0] != key:
+        if key is None:
+            return self._normalized_weight()
+        cache = self.__dict__.get('_sn_cache')
+        if cache is None or cache[0] != key:
             cache = self._sn_cache = (key, self._normalized_weight())
         return cache[1]
 

@@ -305,6 +305,15 @@ class Sampler:
                                             self.config['num_standing_accumulations'])
 
 
+def sampling_latents(config: dict, G: nn.Module, device: torch.device) -> utils.Latents:
+    """G_batch_size latents: truncated as --truncation(_style) say if t > 0, else z_var's."""
+    B, t = config['G_batch_size'], config['truncation']
+    if t > 0:
+        return TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t,
+                                style=config['truncation_style'])
+    return utils.Latents(B, G.dim_z, config['n_classes'], device, z_var=config['z_var'])
+
+
 def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
     """Load G on the GPU if there is one, seed, and make the latents (and Inception if asked)."""
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -321,10 +330,7 @@ def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
         bn_table = bn_stats.use_for_truncation(G, str(weights_file.parent), t)
     except ValueError as err:
         raise SampleError(f'--truncation {t}: {err}') from None
-    latents = (TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t,
-                                style=config['truncation_style']) if t > 0
-               else utils.Latents(B, G.dim_z, config['n_classes'], device,
-                                  z_var=config['z_var']))
+    latents = sampling_latents(config, G, device)
     name, folder = config['experiment_name'], config['sample_sheet_folder_num']
     sampler = Sampler(config=config, G=G, net=net, latents=latents, precision=precision,
                       device=device, weights_file=weights_file, itr=itr, name=name,

@@ -412,6 +412,16 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
         0, 2, 3, 1)
 
 
+def npz_batch(images: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """A batch as write_npz stores it: uint8 [B, R, R, 3] C-ordered, and the labels on the CPU.
+
+    The labels are a copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is the
+    tensor itself), which the next draw overwrites.
+    """
+    x = np.ascontiguousarray(to_uint8(images).cpu().numpy())
+    return x, y.to('cpu', copy=True)
+
+
 def write_npz(path: str, sample: Callable, num: int) -> None:
     """Stream `num` samples into an uncompressed .npz: x uint8 [N, R, R, 3], y int64 [N].
 
@@ -428,15 +438,13 @@ def write_npz(path: str, sample: Callable, num: int) -> None:
             with zf.open('x.npy', 'w', force_zip64=True) as f:  # size unknown, may be >2GB
                 while done < num:
                     images, y = sample()
-                    x = to_uint8(images[:num - done]).cpu().numpy()
+                    x, y = npz_batch(images[:num - done], y[:num - done])
                     if done == 0:
                         np.lib.format.write_array_header_1_0(f, {
                             'descr': np.lib.format.dtype_to_descr(x.dtype),
                             'fortran_order': False, 'shape': (num, *x.shape[1:])})
-                    f.write(np.ascontiguousarray(x).tobytes())
-                    # A copy: y is the latents' reused buffer (and .cpu() of a CPU tensor is
-                    # the tensor itself), which the next sample() overwrites.
-                    labels.append(y[:len(x)].to('cpu', copy=True))
+                    f.write(x.tobytes())
+                    labels.append(y)
                     done += len(x)
             with zf.open('y.npy', 'w') as f:
                 np.lib.format.write_array(f, torch.cat(labels).numpy().astype(np.int64))

@@ -40,7 +40,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import sys
@@ -50,7 +49,6 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -176,43 +174,26 @@ def make_sampler(config: dict, G: nn.Module, mode: str, device: torch.device,
     """sample.py's Sampler of G under a mode's precision and memory format."""
     amp, channels_last = MODES[mode]
     G.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    B, t = config['G_batch_size'], config['truncation']
-    latents = (utils.TruncatedLatents(B, G.dim_z, config['n_classes'], device, truncation=t,
-                                      style=config['truncation_style']) if t > 0
-               else utils.Latents(B, G.dim_z, config['n_classes'], device,
-                                  z_var=config['z_var']))
     name = config['experiment_name'] or 'bench_sample'
-    return sample.Sampler(config=config, G=G, net=G, latents=latents,
+    return sample.Sampler(config=config, G=G, net=G,
+                          latents=sample.sampling_latents(config, G, device),
                           precision=train_fns.Precision.from_config(amp, device), device=device,
                           weights_file=weights_file or Path(RANDOM), itr=itr, name=name,
                           out_dir=os.path.join(config['samples_root'], name), folder=itr)
 
 
-def npz_batch(sample_fn: Callable) -> tuple[np.ndarray, torch.Tensor]:
-    """One batch made into what utils.write_npz writes (uint8 [B, R, R, 3], CPU labels)."""
-    images, y = sample_fn()
-    return np.ascontiguousarray(utils.to_uint8(images).cpu().numpy()), y.to('cpu', copy=True)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Free what earlier work left and restart the GPU's peak-memory count."""
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
 def bench_mode(config: dict, G: nn.Module, mode: str, device: torch.device, *, warmup: int,
                batches: int, weights_file: Optional[Path], itr: int) -> dict:
     """One row of the table; a mode that fails (out of memory, say) reports its error."""
-    reset_peak_memory(device)
+    bench.reset_peak_memory(device)
     row: dict = {'mode': mode}
     try:
         sample_fn = make_sampler(config, G, mode, device, weights_file, itr).sample_fn()
-        seconds = bench.time_step(lambda: npz_batch(sample_fn), device, warmup, batches)
+        # each batch as the npz writer makes it (uint8, CPU labels), without the disk
+        seconds = bench.time_step(lambda: utils.npz_batch(*sample_fn()), device, warmup,
+                                  batches)
     except Exception as e:  # report it in the row and bench the next mode
-        lines = [line for line in str(e).splitlines() if line.strip()] or ['']
-        row['error'] = f'{type(e).__name__}: {lines[0][:300]}'
+        row['error'] = bench.error_text(e)
         return row
     B = config['G_batch_size']
     row.update(images=B * batches, images_per_s=B / seconds, ms_per_batch=seconds * 1e3,
@@ -274,7 +255,7 @@ def bench_metrics(config: dict, G: nn.Module, device: torch.device, *, mode: str
                   weights_file: Optional[Path], itr: int) -> dict:
     """Time one IS/FID test of num_inception_images samples as sample.py runs it."""
     kind, n = config['inception'], config['num_inception_images']
-    reset_peak_memory(device)
+    bench.reset_peak_memory(device)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:  # read by prepare_inception_metrics, then gone
         weights, random_weights = inception_weights_file(kind, config['inception_weights'],
@@ -343,8 +324,7 @@ def print_table(rows: list[dict], metrics: Optional[dict], device: torch.device)
 def run(config: dict, bench_flags: dict, weights_file: Optional[Path] = None, itr: int = 0
         ) -> dict:
     """Bench every mode, then (unless skipped) the IS/FID test; returns the JSON-able result."""
-    device = torch.device(bench_flags['bench_device'] or
-                          ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = bench.pick_device(bench_flags['bench_device'])
     utils.configure_backends(device)  # as sample.py sets them
     utils.seed_rng(config['seed'])
     G = build_generator(config, weights_file, device)

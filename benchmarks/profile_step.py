@@ -240,8 +240,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     config = vars(parser.parse_args(argv))
     options = {k: config.pop(k) for k in [k for k in config if k.startswith(('bench_',
                                                                               'profile_'))]}
-    device = torch.device(options['bench_device'] or
-                          ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = bench.pick_device(options['bench_device'])
     utils.configure_backends(device)
     config = {**config, 'G_batch_size': train_fns.G_batch_size(config)}
     step = bench.build_step(bench.mode_config(config, options['profile_mode']), device)
