@@ -34,6 +34,7 @@ from image_files import (
     skipped_warning,
     unreadable,
 )
+from node_memory import NodeArray, load_hdf5
 from samplers import EpochSampler, MultiEpochSampler, epoch_order  # noqa: F401 (datasets.X)
 
 
@@ -305,23 +306,25 @@ def _none_readable(root: Path, n: int, error: str) -> str:
 
 
 class HDF5Dataset(ImageDataset):
-    """A file written by make_hdf5.py; each process (loader worker) opens its own handle."""
+    """A file written by make_hdf5.py; each process (loader worker) opens its own handle.
+
+    With load_in_mem the images are held once per node and shared by its DDP ranks and their
+    loader workers (node_memory.load_hdf5, a collective: every rank must build the dataset).
+    """
 
     def __init__(self, path: str | os.PathLike, n_classes: int | None = None, *,
                  augment: bool = False, load_in_mem: bool = False):
         info = inspect_hdf5(path, n_classes)
         super().__init__(info.labels, augment)
         self.path, self.resolution = Path(path), info.resolution
-        self.imgs = None
-        if load_in_mem:
-            with h5py.File(self.path, 'r') as f:
-                self.imgs = f['imgs'][()]
+        self.imgs: NodeArray | np.ndarray | None = load_hdf5(path) if load_in_mem else None
         self.chunk_images, self.compression = info.chunk_images, info.compression
         self._imgs, self._pid = None, None  # h5py dataset of this process's own handle
 
     def image(self, index: int) -> np.ndarray:
         if self.imgs is not None:
-            return self.imgs[index]
+            # A writable copy of the image: torch.from_numpy warns on read-only shared memory.
+            return np.array(self.imgs[index])
         # An h5py handle must not cross a fork: reopen in every new process.
         if self._pid != os.getpid():
             self._imgs, self._pid = self._open_images(), os.getpid()
