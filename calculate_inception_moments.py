@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional
 
 import torch
@@ -23,11 +24,12 @@ from tqdm import tqdm
 
 import datasets
 import inception_utils
+from flags import run_cli
 
 
 def prepare_parser() -> argparse.ArgumentParser:
     """The 2019 flags with their defaults, plus the network, weights and resolution."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument('--dataset', type=str, default='I128_hdf5',
                         help='2019 dataset name, or the path of an image folder / .hdf5 file')
     parser.add_argument('--data_root', type=str, default='data',
@@ -99,4 +101,4 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'calculate_inception_moments.py'))

@@ -1,11 +1,17 @@
 """Checkpoint I/O: the 2019 run-folder layout (G.pth, D.pth, G_ema.pth, the optimizers and
 state_dict.pth, with rotating copies G_copy0.pth, ...), written as one set that a kill, a NaN
 or a full disk never leaves half replaced, and loaded with torch's weights-only allow-list.
+
+Every file a save commits has its SHA-256 recorded (CHECKSUMS), and every load checks it: a
+file damaged after its save (truncated, or bytes overwritten in the middle) is refused with
+its name and the run's other copies to fall back on. The copies (G_copy0.pth, G_best0.pth,
+...) are files of their own, never hard links, so damage to one never reaches another.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -18,6 +24,11 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
+try:
+    import fcntl
+except ImportError:  # Windows: copies are plain copies
+    fcntl = None
+
 # ----------------------------------------------------------------------------------------
 # File names
 # ----------------------------------------------------------------------------------------
@@ -28,13 +39,30 @@ def checkpoint_file(name: str, suffix: Optional[str]) -> str:
     return f'{name}_{suffix}.pth' if suffix else f'{name}.pth'
 
 
+# The files of a set, longest name first (G_ema_copy0 is G_ema's copy0, not G's 'ema_copy0').
+PARTS = ('state_dict', 'G_optim', 'D_optim', 'G_ema', 'G', 'D')
+
+
+def split_checkpoint_file(filename: str) -> Optional[tuple[str, Optional[str]]]:
+    """(part, copy suffix) of a checkpoint file name (G_ema_best0.pth -> ('G_ema', 'best0'),
+    D.pth -> ('D', None)); None for any other name."""
+    if not filename.endswith('.pth'):
+        return None
+    stem = filename[:-len('.pth')]
+    for part in PARTS:
+        if stem == part:
+            return part, None
+        if stem.startswith(part + '_'):
+            return part, stem[len(part) + 1:]
+    return None
+
+
 def checkpoint_suffix(filename: str) -> Optional[str]:
     """The copy suffix of a G/G_ema/D file name (G_ema_best0.pth -> best0, G.pth -> None)."""
-    stem = filename[:-len('.pth')] if filename.endswith('.pth') else filename
-    for prefix in ('G_ema', 'G', 'D'):  # G_ema first: 'G_ema_best0' is not G with 'ema_best0'
-        if stem == prefix or stem.startswith(prefix + '_'):
-            return stem[len(prefix) + 1:] or None
-    raise ValueError(f'{filename} is not a G, G_ema or D checkpoint file (e.g. G_best0.pth)')
+    split = split_checkpoint_file(filename if filename.endswith('.pth') else filename + '.pth')
+    if split is None or split[0] not in ('G_ema', 'G', 'D'):
+        raise ValueError(f'{filename} is not a G, G_ema or D checkpoint file (e.g. G_best0.pth)')
+    return split[1]
 
 
 # ----------------------------------------------------------------------------------------
@@ -54,9 +82,34 @@ def atomic_write(path: str, write: Callable, mode: str = 'wb') -> None:
     os.replace(tmp, path)
 
 
-def _save_synced(obj: Any, path: str) -> None:
-    """torch.save and fsync (see _write_synced)."""
-    _write_synced(path, lambda f: torch.save(obj, f))
+class _HashingWriter:
+    """A binary file that hashes what is written through it (torch.save writes any object
+    with write/flush), so a save records its SHA-256 without reading the file back."""
+
+    def __init__(self, f):
+        self.f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def checksum(self) -> dict:
+        return {'sha256': self.sha256.hexdigest(), 'bytes': self.bytes}
+
+
+def _save_synced(obj: Any, path: str) -> dict:
+    """torch.save and fsync (see _write_synced); returns the file's checksum record."""
+    writers = []
+
+    def save(f) -> None:
+        writers.append(_HashingWriter(f))
+        torch.save(obj, writers[-1])
+    _write_synced(path, save)
+    return writers[-1].checksum()
 
 
 def _write_synced(path: str, write: Callable, mode: str = 'wb') -> None:
@@ -79,22 +132,44 @@ def _write_synced(path: str, write: Callable, mode: str = 'wb') -> None:
                       f'save was not committed)') from err
 
 
+FICLONE = 0x40049409  # Linux ioctl: make `target` share `source`'s blocks copy-on-write
+
+
+def _copy_synced(source: str, target: str) -> None:
+    """An independent copy of a written file, fsynced: a reflink where the filesystem has them
+    (btrfs, XFS: no second write, and a later change to either file never reaches the other),
+    else a byte copy. Never a hard link: damage to one name must not be damage to both."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(target)
+
+    def copy(dst) -> None:
+        with open(source, 'rb') as src:
+            try:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            except (AttributeError, OSError):  # no fcntl (Windows), or no reflinks here
+                shutil.copyfileobj(src, dst, 1 << 24)
+    _write_synced(target, copy)
+
+
 def load_file(path: str, map_location: Any = 'cpu') -> Any:
-    """torch.load with weights_only, allowing the nn.ReLU objects 2019 configs pickled."""
+    """torch.load with weights_only, allowing the nn.ReLU objects 2019 configs pickled, after
+    checking the file against the checksum its save recorded (if any). A file that cannot be
+    read raises CorruptCheckpointError naming it and the run's copies to fall back on."""
     if not os.path.exists(path):
         raise FileNotFoundError(f'checkpoint file {path} does not exist')
+    check_checksum(path)
     try:
         with torch.serialization.safe_globals([nn.ReLU]):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as err:
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
+            OSError) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
         # torch's own first line only: its weights_only advice would be wrong for a damaged file
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ''
         raise CorruptCheckpointError(
-            f'{path} is truncated, corrupt or not a checkpoint ({type(err).__name__}: {first}). '
-            f'If it belongs to a run folder, its rotating copies may be intact: resume from one '
-            f'with --resume --load_weights copy0 (or copy1), or sample one with --load_weights '
-            f'copy0') from err
+            f'{path} is truncated, corrupt or not a checkpoint ({type(err).__name__}: '
+            f'{first}). {fallback_advice(path)}') from err
 
 
 class CorruptCheckpointError(ValueError):
@@ -102,31 +177,144 @@ class CorruptCheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------
+# Checksums, and the copies to fall back on
+# ----------------------------------------------------------------------------------------
+
+
+# {file name: {'sha256', 'bytes', 'itr'}} of every file the run's saves committed.
+CHECKSUMS = 'checkpoint_checksums.json'
+
+
+def _read_json(path: str) -> dict:
+    """A JSON object file, {} if absent or unreadable (then nothing can be checked)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def recorded_checksums(root: str) -> dict:
+    """{file name: checksum record} of a run folder's committed files (CHECKSUMS)."""
+    return _read_json(os.path.join(root, CHECKSUMS)).get('files', {})
+
+
+def _journal_checksums(root: str) -> dict:
+    """The checksum records of the save in progress (or interrupted after its journal)."""
+    return _read_json(os.path.join(root, COMMIT_JOURNAL)).get('checksums', {})
+
+
+def as_committed(path: str) -> str:
+    """The file that will hold `path`'s contents once an interrupted save is completed: its
+    staged version if the journal records one (recover_checkpoints renames it into place),
+    else `path`. Reads before the completion (a resume's config) then see the set it
+    completes."""
+    root, name = os.path.split(path)
+    journal = _read_json(os.path.join(root, COMMIT_JOURNAL))
+    staged = path + STAGED
+    return staged if name in journal.get('files', ()) and os.path.exists(staged) else path
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_checksum(path: str) -> None:
+    """Raise CorruptCheckpointError if the file differs from what its save recorded (a file
+    no save of ours recorded, e.g. of a 2019 run, is not checked). While a save is being
+    committed a file may be the old or the new one: either record passes."""
+    root, name = os.path.split(path)
+    if name.endswith(STAGED):  # a staged file of a recorded save (see as_committed)
+        name = name[:-len(STAGED)]
+        records = [_journal_checksums(root).get(name)]
+    else:
+        records = [recorded_checksums(root).get(name), _journal_checksums(root).get(name)]
+    records = [r for r in records if r]
+    if not records:
+        return
+    size = os.path.getsize(path)
+    sizes = {r.get('bytes') for r in records}
+    if size in sizes and file_sha256(path) in {r.get('sha256') for r in records}:
+        return
+    record = records[0]
+    what = (f'it has {size:,} bytes where its save wrote {record.get("bytes", 0):,}'
+            if size not in sizes else 'its SHA-256 differs from the one its save recorded')
+    raise CorruptCheckpointError(
+        f'{path} is damaged: {what} (iteration {record.get("itr", "?")}, {CHECKSUMS}). '
+        f'{fallback_advice(path)} If you replaced it by hand with a file you trust, delete '
+        f'its entry from {os.path.join(root, CHECKSUMS)}.')
+
+
+def fallback_advice(path: str) -> str:
+    """The run's other copies of a damaged file's set, newest first, and how to use one."""
+    root, name = os.path.split(path.removesuffix(STAGED))
+    split = split_checkpoint_file(name)
+    if split is None or not os.path.isdir(root):
+        return 'It is not a file of a run folder\'s checkpoint set.'
+    part, own = split
+    records = recorded_checksums(root)
+    copies = []
+    for other in os.listdir(root):
+        found = split_checkpoint_file(other)
+        if found and found[0] == part and found[1] != own:
+            itr = records.get(other, {}).get('itr')
+            copies.append((-1 if itr is None else itr, found[1]))
+    if not copies:
+        return (f'The run folder {root} holds no other copy of {part} (--num_save_copies 0, or '
+                f'no save since): restore the file from a backup.')
+    copies.sort(key=lambda c: (-c[0], c[1] or ''))
+    listed = ', '.join(f'{suffix or "the main set"}'
+                       + (f' (iteration {itr})' if itr >= 0 else '') for itr, suffix in copies)
+    use = next((suffix for _, suffix in copies if suffix), None)
+    how = (f'Resume from one with --resume --load_weights {use}; sample one with sample.py '
+           f'--load_weights {use} (or --weights {os.path.join(root, checkpoint_file("G", use))})'
+           if use else 'Resume or sample the main set (no --load_weights)')
+    return f'This run\'s other copies of it: {listed}. {how}.'
+
+
+# ----------------------------------------------------------------------------------------
 # Committing a set of files
 # ----------------------------------------------------------------------------------------
 
 
-# A save writes every file of its set under a staging name, records the set in a journal,
-# then renames the files into place and removes the journal. A kill before the journal
-# leaves the old set (its staged files are stale); a kill after it is rolled forward by
-# recover_checkpoints at the next start. Either way the run resumes from one complete set.
+# A save writes every file of its set under a staging name, records the set and the files'
+# checksums in a journal, then renames the files into place, adds the checksums to CHECKSUMS
+# and removes the journal. A kill before the journal leaves the old set (its staged files are
+# stale); a kill after it is rolled forward by recover_checkpoints at the next start. Either
+# way the run resumes from one complete set.
 STAGED = '.new'
 COMMIT_JOURNAL = 'checkpoint_commit.json'
 
 
-def commit_files(root: str, staged: list[str]) -> None:
-    """Move staged files (written as `name + STAGED`) into place as one set."""
-    atomic_write(os.path.join(root, COMMIT_JOURNAL), lambda f: json.dump({'files': staged}, f),
-                 'w')
-    _roll_forward(root, staged)
+def commit_files(root: str, staged: list[str], checksums: Optional[dict] = None) -> None:
+    """Move staged files (written as `name + STAGED`) into place as one set; `checksums`:
+    {name: record} of the files, kept in CHECKSUMS for loads to check."""
+    journal = {'files': staged, 'checksums': checksums or {}}
+    atomic_write(os.path.join(root, COMMIT_JOURNAL), lambda f: json.dump(journal, f), 'w')
+    _roll_forward(root, journal)
 
 
-def _roll_forward(root: str, names: list[str]) -> None:
-    """Rename the recorded set's staged files into place, then drop the journal."""
-    for name in names:
+def _roll_forward(root: str, journal: dict) -> None:
+    """Rename the recorded set's staged files into place, record their checksums, then drop
+    the journal."""
+    for name in journal['files']:
         if os.path.exists(os.path.join(root, name + STAGED)):
             os.replace(os.path.join(root, name + STAGED), os.path.join(root, name))
     _fsync_dir(root)
+    recorded = _read_json(os.path.join(root, CHECKSUMS)).get('files', {})
+    # The committed files replace their old records (a journal without checksums, from before
+    # they were kept, leaves its files unrecorded rather than checked against old records).
+    files = {**{k: v for k, v in recorded.items() if k not in journal['files']},
+             **journal.get('checksums', {})}
+    if files != recorded:
+        atomic_write(os.path.join(root, CHECKSUMS),
+                     lambda f: json.dump({'files': files}, f, indent=1, sort_keys=True), 'w')
     os.remove(os.path.join(root, COMMIT_JOURNAL))
     _fsync_dir(root)
 
@@ -145,17 +333,11 @@ def recover_checkpoints(root: str) -> list[str]:
     """Finish a save a kill interrupted after its journal, drop staged and temporary files of
     one it interrupted before; returns what was done, to print."""
     done = []
-    journal = os.path.join(root, COMMIT_JOURNAL)
-    if os.path.exists(journal):
-        try:
-            with open(journal) as f:
-                names = json.load(f)['files']
-        except (OSError, ValueError, KeyError):
-            names = None  # the journal's own rename is atomic: this is not our journal
-        if names is not None:
-            _roll_forward(root, names)
-            done.append(f'completed the save interrupted after it was recorded: {len(names)} '
-                        f'files')
+    journal = _read_json(os.path.join(root, COMMIT_JOURNAL))
+    if isinstance(journal.get('files'), list):  # the journal's rename is atomic: else not ours
+        _roll_forward(root, journal)
+        done.append(f'completed the save interrupted after it was recorded: '
+                    f'{len(journal["files"])} files')
     stale = sorted(f for f in os.listdir(root) if f.endswith(STAGED)
                    or re.fullmatch(r'.+\.tmp\d*', f))
     for name in stale:
@@ -171,6 +353,9 @@ def recover_checkpoints(root: str) -> list[str]:
 
 
 # Here rather than in flags.py, which imports this module: every save writes the config.
+CONFIG_FILE = 'config.json'
+
+
 def plain_config(config: dict) -> dict:
     """The config without 2019's pickled nn.ReLU entries (rebuilt from G_nl/D_nl)."""
     return {k: v for k, v in config.items() if k not in ('G_activation', 'D_activation')}
@@ -210,9 +395,11 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
                  also_as: tuple[str, ...] = ()) -> str:
     """Write G, D, their optimizers, G_ema and state_dict (plus `extra`) into the run folder,
     under `name_suffix` and, in the same set, under each suffix of `also_as` (rotating
-    copies, hard links where the file system allows). The set is committed as a whole (see
-    STAGED); weights or optimizer states with a NaN or inf are refused (FloatingPointError)
-    so that they never replace finite ones.
+    copies: independent files). The main set (no suffix) also writes config.json, the config
+    in state_dict, so that the folder's config is always the one of its checkpoint. The set
+    is committed as a whole (see STAGED) with each file's checksum; weights or optimizer
+    states with a NaN or inf are refused (FloatingPointError) so that they never replace
+    finite ones.
     """
     root = os.path.join(weights_root, experiment_name)
     parts = {'G': G.state_dict(), 'D': D.state_dict()}
@@ -222,36 +409,32 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
     bad = nonfinite_parts(parts)
     if bad:
         raise FloatingPointError(f'{", ".join(bad)} hold non-finite values: not saved to {root}')
-    parts['state_dict'] = dict(state_dict, config=plain_config(state_dict.get('config', {})),
-                               **(extra or {}))
+    config = plain_config(state_dict.get('config', {}))
+    parts['state_dict'] = dict(state_dict, config=config, **(extra or {}))
     os.makedirs(root, exist_ok=True)
-    staged = []
+    staged, checksums, itr = [], {}, int(state_dict.get('itr', 0))
     try:
         for name, obj in parts.items():
             first = checkpoint_file(name, name_suffix)
-            _save_synced(obj, os.path.join(root, first + STAGED))
+            checksums[first] = {**_save_synced(obj, os.path.join(root, first + STAGED)),
+                                'itr': itr}
             staged.append(first)
             for suffix in also_as:
                 staged.append(checkpoint_file(name, suffix))
-                _link_or_copy(os.path.join(root, first + STAGED),
-                              os.path.join(root, staged[-1] + STAGED))
+                _copy_synced(os.path.join(root, first + STAGED),
+                             os.path.join(root, staged[-1] + STAGED))
+                checksums[staged[-1]] = checksums[first]
+        if name_suffix is None and config:
+            _write_synced(os.path.join(root, CONFIG_FILE + STAGED),
+                          lambda f: json.dump(config, f, indent=2, sort_keys=True), 'w')
+            staged.append(CONFIG_FILE)
     except BaseException:
-        for name in staged:
+        for name in staged + [CONFIG_FILE]:
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(root, name + STAGED))
         raise
-    commit_files(root, staged)
+    commit_files(root, staged, checksums)
     return root
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    """A second name for a written file: a hard link (no second write), else a copy."""
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(target)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,

@@ -11,10 +11,12 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from checkpoints import atomic_write, checkpoint_file, load_file, plain_config
+from checkpoints import as_committed, atomic_write, checkpoint_file, load_file, plain_config
+from run_lock import RunLockedError
 
 # ----------------------------------------------------------------------------------------
 # Flags: each defined once, with its 2019 name and default
@@ -93,7 +95,8 @@ FLAGS = [
     Flag('num_workers', 8, COUNT, 'data loader worker processes'),
     _off('no_pin_memory', 'pin_memory', 'do not pin loader memory'),
     Flag('shuffle', False, SWITCH, 'shuffle the data'),
-    Flag('load_in_mem', False, SWITCH, 'load the whole HDF5 file into RAM'),
+    Flag('load_in_mem', False, SWITCH, 'load the whole HDF5 file into RAM (once per node, '
+         'shared by its ranks and loader workers)'),
     Flag('use_multiepoch_sampler', False, SWITCH, 'per-epoch random orders fixed by the seed '
          '(always shuffled), so a resumed run reads what the original would have'),
     # Model
@@ -308,7 +311,7 @@ def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag], defaults: boo
 
 def prepare_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """The training parser: every 2019 flag with its 2019 default (see _add_flags)."""
-    parser = argparse.ArgumentParser(description='Train a BigGAN.')
+    parser = argparse.ArgumentParser(allow_abbrev=False, description='Train a BigGAN.')
     _add_flags(parser, FLAGS, defaults)
     return parser
 
@@ -325,6 +328,28 @@ def parse_given(make_parser: Callable[[bool], argparse.ArgumentParser],
     """(every flag with its default or typed value, only the flags typed on the command line),
     from `make_parser(defaults)`."""
     return vars(make_parser(True).parse_args(argv)), vars(make_parser(False).parse_args(argv))
+
+
+# What the scripts report as one `error:` line: bad flags, missing or damaged files, a run
+# that cannot start or continue (their messages say what to do). Anything else is a bug and
+# keeps its traceback; BIGGAN_DEBUG=1 shows tracebacks for these too.
+USER_ERRORS = (OSError, ValueError, FloatingPointError, RunLockedError)
+DEBUG_ENV = 'BIGGAN_DEBUG'
+
+
+def run_cli(main: Callable[[], Any], script: str) -> int:
+    """Run a script's main() and return its exit status (main's int result, else 0); a
+    USER_ERRORS exception is printed as `script: error: ...` without a traceback (unless
+    BIGGAN_DEBUG is set) and gives status 1."""
+    try:
+        result = main()
+    except USER_ERRORS as err:
+        if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+            raise
+        print(f'{script}: error: {err}\n({DEBUG_ENV}=1 shows where it was raised)',
+              file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -360,15 +385,20 @@ def update_config_roots(config: dict) -> dict:
 
 
 def read_run_config(run_dir: str, suffix: Optional[str] = None) -> tuple[Optional[dict], int]:
-    """(config saved with a run or None, its iteration): config.json, else the `config` of
-    state_dict.pth, where 2019 runs keep it."""
-    state_path = os.path.join(run_dir, checkpoint_file('state_dict', suffix))
+    """(config saved with a run or None, its iteration): the `config` of state_dict.pth (or of
+    the copy `suffix` names), the flags that checkpoint was trained with; else config.json (a
+    run stopped before its first save, a converted generator)."""
+    # A save interrupted after its journal is completed by the next train.py start: read the
+    # state it completes.
+    state_path = as_committed(os.path.join(run_dir, checkpoint_file('state_dict', suffix)))
     state = load_file(state_path) if os.path.isfile(state_path) else {}
     itr = int(state.get('itr', 0))
+    if state.get('config'):
+        return state['config'], itr
     if os.path.isfile(os.path.join(run_dir, 'config.json')):
         with open(os.path.join(run_dir, 'config.json')) as f:
             return json.load(f), itr
-    return state.get('config'), itr
+    return None, itr
 
 
 def save_config(config: dict, path: str) -> None:

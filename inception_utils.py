@@ -24,7 +24,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shlex
@@ -48,6 +47,7 @@ from pytorch_fid.inception import (
 )
 
 import datasets
+from checkpoints import file_sha256
 from metrics import (
     Array,
     InceptionMetrics,
@@ -124,15 +124,6 @@ class InceptionWeightsWarning(UserWarning):
 _hashed: set[tuple] = set()  # (file, size, mtime, network) already checked in this process
 
 
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_weights_hash(path: PathLike, inception: str) -> None:
     """Warn if a weights file's SHA-256 is not the published file's (once per file and process).
 
@@ -149,7 +140,7 @@ def check_weights_hash(path: PathLike, inception: str) -> None:
     if key in _hashed:
         return
     _hashed.add(key)
-    got, expected = _sha256(path)[:8], WEIGHTS_SHA256[inception]
+    got, expected = file_sha256(path)[:8], WEIGHTS_SHA256[inception]
     if got != expected:
         url = WEIGHTS_URLS[inception]
         warnings.warn(
@@ -226,18 +217,70 @@ class InceptionNet(nn.Module):
 
 def _load_weights(inception: str, inception_weights: Optional[PathLike]
                   ) -> torchvision.models.Inception3:
-    """The network's architecture with its weights file loaded, on the CPU."""
+    """The network's architecture with its weights file loaded, on the CPU; a file that is
+    not its state dict is refused saying what it holds instead."""
     _check_kind(inception)
     path = resolve_inception_weights(inception, inception_weights)
     net = _inception_v3(inception)
+    url = WEIGHTS_URLS[inception]
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-        net.load_state_dict(state.get('state_dict', state))
-    except Exception as err:  # not a file of tensors, other keys or shapes: one message
+    except Exception as err:  # not a file of tensors: say what it is
+        raise ValueError(f'{path} is not a state dict of the {inception!r} Inception-v3: it is '
+                         f'{_file_kind(path)}, which torch.load cannot read as weights '
+                         f'({type(err).__name__}). Get {url} and pass it with '
+                         f'--inception_weights') from None
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+        state = state['state_dict']
+    problem = _state_dict_problem(state, net.state_dict())
+    if problem:
         raise ValueError(f'{path} is not a state dict of the {inception!r} Inception-v3: '
-                         f'{err}') from None
+                         f'{problem}. Get {url} and pass it with --inception_weights')
+    net.load_state_dict(state)
     check_weights_hash(path, inception)  # it loads: now say if it is not the published file
     return net
+
+
+def _file_kind(path: Path) -> str:
+    """'1,000 bytes of text ("not a che...")', '... of binary data', '... of a zip archive'."""
+    with open(path, 'rb') as f:
+        head = f.read(32)
+    size = f'{os.path.getsize(path):,} bytes'
+    kinds = {b'PK\x03\x04': 'a zip archive', b'\x89HDF': 'an HDF5 file',
+             b'\x93NUMPY': 'a NumPy .npy array', b'\x80': 'a Python pickle'}
+    for magic, kind in kinds.items():
+        if head.startswith(magic):
+            return f'{size}: {kind}'
+    if not head:
+        return 'empty (0 bytes)'
+    text = head.decode('ascii') if head.isascii() else ''
+    if text and all(c.isprintable() or c in '\r\n\t' for c in text):
+        return f'{size} of text starting {text[:24]!r}'
+    return f'{size} of binary data'
+
+
+def _state_dict_problem(state: object, own: dict) -> Optional[str]:
+    """Why `state` does not load into a network with state dict `own` (None if it does)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        return f'it holds a {type(state).__name__}, not a dict of tensors'
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f'{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})'
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        return None
+    example = ', '.join(list(state)[:3]) or 'none'
+    parts = [f'it holds {len(state)} tensors (e.g. {example}) and matches {len(own) - len(missing)}'
+             f' of the network\'s {len(own)}']
+    if missing:
+        parts.append(f'{len(missing)} are missing (e.g. {", ".join(missing[:2])})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} are not in the network (e.g. '
+                     f'{", ".join(unexpected[:2])})')
+    if shapes:
+        parts.append(f'{len(shapes)} have other shapes (e.g. {shapes[0]})')
+    return '; '.join(parts)
 
 
 def load_inception_net(*, inception: str = 'torchvision',

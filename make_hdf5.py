@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from BigGAN import G_CHANNELS
 from datasets import DATASETS, resolve_dataset
+from flags import run_cli
 from image_files import SkippedFile, count_kinds, find_images, load_image, unreadable
 
 
@@ -209,7 +210,7 @@ def make_demo_folder(root: str | os.PathLike, *, resolution: int = 32,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The 2019 make_hdf5.py flags (same names and defaults) plus resolution/output/demo."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--dataset', default='I128',
                    help='I32/I64/I128/I256 (folder <data_root>/ImageNet) or an image folder path')
     p.add_argument('--data_root', default='data', help='where the data is and the file goes')
@@ -295,4 +296,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'make_hdf5.py'))

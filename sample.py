@@ -2,10 +2,11 @@
 
 A run is found as train.py finds it (by --experiment_name, or by the training flags its name
 derives from) or given directly with --weights (a run folder, or one G*.pth file in it, e.g. a
-TFHub/converter.py folder). The config saved with the run (config.json, else state_dict.pth's
-`config`, where 2019 runs keep it) supplies the model flags; flags given on this command line
-override it, and switches saved on are turned off with --no_<flag> (e.g. --no_use_ema,
---no_G_eval_mode). Roots (--base_root, --weights_root, ...) always come from this command line.
+TFHub/converter.py folder). The config saved with the checkpoint (the `config` in
+state_dict.pth, or in the copy --load_weights names; else config.json, as converted runs have
+it) supplies the model flags; flags given on this command line override it, and switches
+saved on are turned off with --no_<flag> (e.g. --no_use_ema, --no_G_eval_mode). Roots
+(--base_root, --weights_root, ...) always come from this command line.
 
     python sample.py --experiment_name my_run --sample_npz --sample_num_npz 10000
     python sample.py --weights weights/my_run/G_ema_best0.pth --sample_sheets --sample_interps
@@ -125,6 +126,21 @@ def read_run(run_dir: Path, suffix: Optional[str]) -> tuple[Optional[dict], int]
         raise SampleError(str(err)) from None
 
 
+def check_which_best(given: dict, saved: dict, run_dir: Path) -> None:
+    """--which_best only chooses what training keeps as best copies: refuse one that differs
+    from the run's (2019 scripts that repeat the training flags give the run's own)."""
+    if 'which_best' not in given:
+        return
+    kept = saved.get('which_best', 'IS')
+    if given['which_best'] != kept:
+        raise SampleError(
+            f"--which_best {given['which_best']}: sample.py does not pick checkpoints by a "
+            f"metric. Training kept {run_dir}'s best copies by {kept} (G_best0.pth, ...): sample "
+            f"one with --load_weights best0, or score any copy with --sample_inception_metrics "
+            f"(KID when the data's features file exists). To keep copies by "
+            f"{given['which_best']}, train with --which_best {given['which_best']}")
+
+
 def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
     """Fill resolution, n_classes, classes_per_sheet and moments_path in place."""
     need_moments = ((config['sample_inception_metrics'] or bool(config['sample_trunc_curves']))
@@ -174,6 +190,7 @@ def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
     if saved is None:
         print(f'{run_dir} holds no saved config: using the flags given')
     else:
+        check_which_best(given, saved, run_dir)
         known = utils.config_keys() - LOCAL_KEYS
         config.update({k: v for k, v in utils.plain_config(saved).items() if k in known})
         config.update(given)
@@ -209,6 +226,25 @@ def truncation_values(spec: str) -> list[float]:
     return [round(start + i * step, 6) for i in range(int((end - start) / step + 1e-6) + 1)]
 
 
+# The largest truncation that changes anything, per --truncation_style: `resample` redraws
+# the entries of z beyond t, fewer than 1 in 15,000 past 4 (no truncation, in effect);
+# `scaled` multiplies z by t, so past 1 it widens z beyond the N(0, 1) G was trained on.
+MAX_TRUNCATION = {'resample': 4.0, 'scaled': 1.0}
+
+
+def check_truncation_range(values: list[float], style: str, flag: str) -> None:
+    """Refuse truncations beyond what makes sense for the style (see MAX_TRUNCATION)."""
+    top = MAX_TRUNCATION[style]
+    if values and max(values) > top:
+        why = ('beyond it fewer than 1 in 15,000 entries of z are redrawn: no truncation (use '
+               '0 for none)' if style == 'resample' else 'it multiplies z by t, so a larger t '
+               'draws z wider than the N(0, 1) G was trained on (and the BN statistics of a '
+               'converted BigGAN-deep cover 0 to 1)')
+        raise SampleError(f'{flag} {max(values):g}: with --truncation_style {style} t must lie '
+                          f'in (0, {top:g}]: {why}. Smaller t trades variety for fidelity (the '
+                          f'paper shows 0.04 to 2)')
+
+
 def wants_metrics(config: dict) -> bool:
     """Whether IS/FID are asked for (by --sample_inception_metrics or the truncation sweep)."""
     return config['sample_inception_metrics'] or bool(config['sample_trunc_curves'])
@@ -225,6 +261,8 @@ def check_flags(config: dict) -> list[float]:
         raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
                           f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
                           f"{config['z_var']}")
+    check_truncation_range([t] if t > 0 else [], config['truncation_style'], '--truncation')
+    check_truncation_range(truncations, config['truncation_style'], '--sample_trunc_curves')
     if config['G_batch_size'] < 1:
         raise SampleError(f"--G_batch_size {config['G_batch_size']}: give at least 1 (0 takes "
                           f"--batch_size, which must then be at least 1)")
@@ -518,4 +556,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(flags.run_cli(main, 'sample.py'))

@@ -8,7 +8,8 @@
 fine-tune -> parallel wrappers -> data -> the training step (train_fns.GAN_training_function)
 -> the loop, which calls train_fns.AfterStep for logging, saving/sampling (--save_every) and
 IS/FID tests (--test_every). Runs live in <weights_root>/<experiment_name>/ and are found
-again by their name (--resume).
+again by their name (--resume). One process writes a run folder at a time (run_lock.py): a
+second train.py on the same run is refused at start, naming the first.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 import datasets
 import flags
 import layers
+import run_lock
 import train_fns
 import utils
 from BigGAN import G_D
@@ -299,10 +301,20 @@ def run_has_checkpoint(run_dir: str, suffix: Optional[str] = None) -> bool:
 
 
 def check_run_folder(config: dict) -> None:
-    """A new run never starts over an existing one: that would delete its logs and, at its
-    first save, replace its checkpoint. Nothing is written here."""
+    """A resume needs its run folder; a new run never starts over an existing one: that would
+    delete its logs and, at its first save, replace its checkpoint. Nothing is written here."""
     run_dir = os.path.join(config['weights_root'], config['experiment_name'])
-    if config['resume'] or not run_has_checkpoint(run_dir):
+    if config['resume']:
+        if not os.path.isdir(run_dir):
+            root = config['weights_root']
+            runs = sorted(os.listdir(root)) if os.path.isdir(root) else []
+            there = (f'runs in {root}: {", ".join(runs[:10])}' if runs else
+                     f'{root} holds no runs' if os.path.isdir(root) else f'{root} does not exist')
+            raise FileNotFoundError(
+                f'--resume: no run folder {run_dir} ({there}). Check --base_root/--weights_root '
+                f'and --experiment_name (or the training flags the name is derived from)')
+        return
+    if not run_has_checkpoint(run_dir):
         return
     _, itr = utils.read_run_config(run_dir)
     raise FileExistsError(
@@ -310,6 +322,27 @@ def check_run_folder(config: dict) -> None:
         f'or start a new run under a new --experiment_name; to start this one over, first '
         f'delete or move {run_dir} and its logs ({config["logs_root"]}/'
         f'{config["experiment_name"]}*). Nothing was changed.')
+
+
+def lock_run_folder(config: dict, is_main: bool, world_size: int
+                    ) -> Optional[run_lock.RunLock]:
+    """Rank 0 takes the run folder's lock (run_lock.py): one writer per run. Every rank stops
+    with rank 0's error if it cannot, instead of waiting for it at the first collective."""
+    run_dir = os.path.join(config['weights_root'], config['experiment_name'])
+    lock, error = None, None
+    if is_main:
+        try:
+            lock = run_lock.acquire(run_dir)
+        except Exception as err:  # passed on to the other ranks first
+            error = err
+    if world_size > 1:
+        message = [None if error is None else str(error)]
+        dist.broadcast_object_list(message, src=0)
+        if not is_main and message[0] is not None:
+            raise run_lock.RunLockedError(f'rank 0 could not lock {run_dir}: {message[0]}')
+    if error is not None:
+        raise error
+    return lock
 
 
 def set_optimizer_hparams(optim: torch.optim.Optimizer, lr: float, betas: tuple,
@@ -433,11 +466,25 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
     """Train as the config says; returns the final state_dict (itr, epoch, best scores).
 
     `given`: the flags typed on the command line; with --resume the run's saved config
-    supplies the others. Every check runs before anything is written to disk.
+    supplies the others. Every check runs before anything is written to disk, and the run
+    folder is locked (one writer per run) before the first write.
     """
-    # Setup processes and config:
     rank, world_size, device = setup_distributed()
     config = setup_config(config, given, world_size)
+    lock = lock_run_folder(config, rank == 0, world_size)
+    try:
+        state_dict = train_run(config, rank, world_size, device)
+    finally:
+        if lock is not None:
+            lock.release()
+    if world_size > 1:
+        dist.destroy_process_group()
+    return state_dict
+
+
+def train_run(config: dict, rank: int, world_size: int, device: torch.device) -> dict:
+    """The training run of a checked config, its run folder locked: returns the final
+    state_dict."""
     is_main = rank == 0
     utils.configure_backends(device)
     utils.seed_rng(config['seed'])  # the same initial weights on every rank
@@ -454,7 +501,8 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
         small.load_state_dict(saved['small_data'])
     GD, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size, small)
 
-    # Data; the training step; what runs after it (rank 0 writes config.json and logs now):
+    # Data; the training step; what runs after it (rank 0 opens the logs now, and a new run
+    # writes its config.json):
     loader = build_loader(config, state_dict['itr'], rank, world_size, saved.get('subset'))
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
                             config['n_classes'], device, z_var=config['z_var'], rank=rank,
@@ -506,8 +554,6 @@ def run(config: dict, given: Optional[dict] = None) -> dict:
         state_dict['epoch'] += 1
     if config['save_every'] > 0 and state_dict['itr'] % config['save_every'] and not stopping:
         after_step.save()  # the end of training, between two saves
-    if world_size > 1:
-        dist.destroy_process_group()
     return state_dict
 
 
@@ -517,4 +563,4 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(flags.run_cli(main, 'train.py'))

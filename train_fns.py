@@ -404,10 +404,14 @@ class AfterStep:
         return f"{self.run_dir} (iteration {self.state_dict['itr']})"
 
     def _open_logs(self) -> None:
-        """The run's first writes: config.json, the jsonl test log and per-series train logs
-        (a resumed run drops what a killed run logged after its last checkpoint)."""
+        """The run's first writes: the jsonl test log and per-series train logs (a resumed run
+        drops what a killed run logged after its last checkpoint, and a torn last line), and
+        for a new run config.json. A resumed run's config.json changes only with its next
+        checkpoint (utils.save_weights writes it): a resume that fails keeps the config of the
+        checkpoint it came from."""
         config, name, itr = self.config, self.config['experiment_name'], self.state_dict['itr']
-        utils.save_config(config, os.path.join(self.run_dir, 'config.json'))
+        if not config['resume']:
+            utils.save_config(config, os.path.join(self.run_dir, utils.CONFIG_FILE))
         self.test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
                                             reinitialize=not config['resume'])
         self.train_log = utils.MyLogger(os.path.join(config['logs_root'], name),

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import time
+import warnings
 import zipfile
 from typing import Callable, Optional, Union
 
@@ -24,7 +25,9 @@ import layers
 # The 2019 code and its users call utils.prepare_parser, utils.load_weights, ...: the names
 # that moved to flags.py and checkpoints.py stay reachable here.
 from checkpoints import (  # noqa: F401
+    CHECKSUMS,
     COMMIT_JOURNAL,
+    CONFIG_FILE,
     STAGED,
     CorruptCheckpointError,
     atomic_save,
@@ -43,6 +46,7 @@ from checkpoints import (  # noqa: F401
 from flags import (  # noqa: F401
     ADAM_BETA,
     COUNT,
+    DEBUG_ENV,
     DERIVED_KEYS,
     FLAGS,
     INVOCATION_KEYS,
@@ -165,6 +169,37 @@ def toggle_grad(model: nn.Module, on: bool) -> None:
 # ----------------------------------------------------------------------------------------
 
 
+def append_line(path: str, line: str) -> None:
+    """Append one line to a log file, first ending a last line that a kill cut short (so the
+    new line never merges into it; readers then skip the torn one)."""
+    with open(path, 'ab+') as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b'\n':
+                f.write(b'\n')
+        f.write(line.encode() + b'\n')
+
+
+def _keep_lines(path: str, keep: Callable[[str], bool]) -> None:
+    """Rewrite a log file (atomically) with the lines `keep` accepts, blank lines dropped; a
+    line `keep` cannot parse (raises ValueError: a torn line) is dropped with a warning."""
+    kept, torn = [], []
+    with open(path, errors='replace') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                if keep(line):
+                    kept.append(line.rstrip('\n') + '\n')
+            except (ValueError, KeyError, TypeError, AttributeError):
+                torn.append(number)
+    if torn:
+        warnings.warn(f'{path}: dropped {len(torn)} unreadable line(s) (line '
+                      f'{", ".join(map(str, torn[:10]))}), e.g. the last line of a run that was '
+                      f'killed while writing it', stacklevel=3)
+    atomic_write(path, lambda f: f.writelines(kept), 'w')
+
+
 class MetricsLogger:
     """Appends one JSON object per record (with a timestamp) to a .jsonl file."""
 
@@ -177,17 +212,13 @@ class MetricsLogger:
     def log(self, record: Optional[dict] = None, **kwargs) -> None:
         """Append a record."""
         record = dict(record or {}, **kwargs, _stamp=time.time())
-        with open(self.fname, 'a') as f:
-            f.write(json.dumps(record, ensure_ascii=True) + '\n')
+        append_line(self.fname, json.dumps(record, ensure_ascii=True))
 
     def truncate_after(self, itr: int) -> None:
-        """Drop records of iterations after `itr` (written by a run that was killed later)."""
-        if not os.path.exists(self.fname):
-            return
-        with open(self.fname) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get('itr', 0) <= itr]
-        with open(self.fname, 'w') as f:
-            f.writelines(kept)
+        """Drop records of iterations after `itr` (written by a run that was killed later) and
+        lines a kill cut short."""
+        if os.path.exists(self.fname):
+            _keep_lines(self.fname, lambda line: json.loads(line).get('itr', 0) <= itr)
 
 
 class MyLogger:
@@ -204,18 +235,17 @@ class MyLogger:
     def log(self, itr: int, **kwargs: float) -> None:
         """Append each metric to its own file."""
         for name, value in kwargs.items():
-            with open(os.path.join(self.root, f'{name}.log'), 'a') as f:
-                f.write(f'{itr}: {self.logstyle % value}\n')
+            append_line(os.path.join(self.root, f'{name}.log'), f'{itr}: {self.logstyle % value}')
 
     def truncate_after(self, itr: int) -> None:
-        """Drop lines of iterations after `itr`."""
+        """Drop lines of iterations after `itr`, and lines a kill cut short."""
+        def keep(line: str) -> bool:
+            step, value = line.split(':', 1)
+            float(value)  # a torn value ('2.5e+') raises
+            return int(step) <= itr
         for fname in os.listdir(self.root):
             if fname.endswith('.log'):
-                path = os.path.join(self.root, fname)
-                with open(path) as f:
-                    kept = [line for line in f if int(line.split(':', 1)[0]) <= itr]
-                with open(path, 'w') as f:
-                    f.writelines(kept)
+                _keep_lines(os.path.join(self.root, fname), keep)
 
 
 def get_SVs(net: nn.Module, prefix: str) -> dict[str, float]:

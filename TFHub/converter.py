@@ -70,6 +70,7 @@ for _path in (ROOT, ROOT / 'TFHub'):  # the models; hf_converter.py beside this 
 
 import BigGAN  # noqa: E402
 import hf_converter  # noqa: E402  (TFHub/ is on sys.path)
+from flags import run_cli  # noqa: E402
 
 EMA_SUFFIX = 'ema_b999900'
 TFHUB_DIM_Z = {128: 120, 256: 140, 512: 128}
@@ -423,7 +424,7 @@ def sample_check(G: BigGAN.Generator, path: Union[str, Path], num: int = 16,
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The converter's command line."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--resolution', type=int, default=None, choices=sorted(TFHUB_DIM_Z),
                    help='which TF-Hub generator (default: 128; --hf reads it from the folder)')
@@ -503,4 +504,4 @@ def write_check(run_dir: Path, filename: str, args: argparse.Namespace
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main, 'TFHub/converter.py'))

@@ -69,7 +69,7 @@ def report(name: str, times: list[float], ref_times: list[float] | None = None) 
 
 def main() -> None:
     """Time the reference and ours on two random 2048-d moments; print the comparison."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument('--dim', type=int, default=2048, help='feature dimension')
     parser.add_argument('--samples', type=int, default=4096,
                         help='samples per covariance (>= dim: well conditioned)')

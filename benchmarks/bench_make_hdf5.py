@@ -89,7 +89,7 @@ def read_speed(path: Path) -> float:
 
 def main() -> None:
     """Make the folder, pack it with each worker count, print a table."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--n_images', type=int, default=3000, help='JPEGs in the folder')
     p.add_argument('--resolution', type=int, default=128, help='packed resolution')
     p.add_argument('--workers', type=int, nargs='+', default=[1, 2], help='worker counts')

@@ -136,8 +136,8 @@ def resolve(argv: Optional[list[str]]) -> tuple[dict, dict, Optional[Path], int]
     weights_file, itr = None, 0
     if bench_flags['weights'] or config['experiment_name']:
         # A run: sample.py resolves it from the flags that are not this script's.
-        run_argv = add_bench_flags(argparse.ArgumentParser(add_help=False)).parse_known_args(
-            argv)[1]
+        own = add_bench_flags(argparse.ArgumentParser(allow_abbrev=False, add_help=False))
+        run_argv = own.parse_known_args(argv)[1]
         try:
             config, weights_file, itr = sample.resolve_config(run_argv)
         except sample.SampleError as err:

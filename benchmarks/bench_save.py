@@ -50,7 +50,7 @@ def save(G, D, G_ema, optims, root: str) -> None:
 
 def main() -> None:
     """Parse flags, time the saves, print the figures."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--resolution', type=int, default=128)
     p.add_argument('--G_ch', type=int, default=64)
     p.add_argument('--D_ch', type=int, default=64)

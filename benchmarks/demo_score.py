@@ -120,7 +120,7 @@ def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train (or load) the classifier, score the npz, print and return the figures."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--data', default='data/demo', help='the demo image folder')
     p.add_argument('--npz', required=True, help='samples.npz written by sample.py --sample_npz')
     p.add_argument('--epochs', type=int, default=6, help='classifier training epochs')

@@ -122,7 +122,7 @@ def report(folder: Path, target: float = 1000.0) -> tuple[str, dict]:
 
 
 def main(argv: Optional[list[str]] = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument('folder', help="the checks' output folder ($OUT)")
     parser.add_argument('--target', type=float, default=1000.0,
                         help='training img/s to meet (default: 1000, issue 16)')

@@ -19,6 +19,7 @@ import glob
 import json
 import math
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -37,22 +38,49 @@ PERCENTILES = (1, 99)  # the y-range of a loss panel, before the margin
 MARGIN = 0.1           # fraction of that range added above and below
 
 
+def _warn_skipped(path: str, skipped: list[int]) -> None:
+    """Say which lines of a log could not be read (a kill can cut the last one short)."""
+    if skipped:
+        warnings.warn(f'{path}: skipped {len(skipped)} unreadable line(s) (line '
+                      f'{", ".join(map(str, skipped[:10]))}), e.g. the last line of a run '
+                      f'killed while writing it', stacklevel=3)
+
+
 def read_log(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Iterations and values of one `itr: value` log file."""
-    itrs, values = [], []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
+    """Iterations and values of one `itr: value` log file (unreadable lines skipped)."""
+    itrs, values, skipped = [], [], []
+    with open(path, errors='replace') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 itr, value = line.split(':', 1)
-                itrs.append(int(itr))
-                values.append(float(value))
+                itr, value = int(itr), float(value)
+            except ValueError:
+                skipped.append(number)
+                continue
+            itrs.append(itr)
+            values.append(value)
+    _warn_skipped(path, skipped)
     return np.asarray(itrs), np.asarray(values, dtype=float)
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a metrics .jsonl file, sorted by iteration."""
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics .jsonl file, sorted by iteration (unreadable lines skipped)."""
+    records, skipped = [], []
+    with open(path, errors='replace') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get('itr', 0), (int, float)):
+                records.append(record)
+            else:
+                skipped.append(number)
+    _warn_skipped(path, skipped)
     return sorted(records, key=lambda r: r.get('itr', 0))
 
 
@@ -235,7 +263,7 @@ def plot_run(logs_root: str, experiment_name: str, out_dir: Optional[str] = None
 
 def main() -> None:
     """Parse the command line, plot, print the PNG paths."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument('--logs_root', default='logs', help='where train.py wrote the logs')
     parser.add_argument('--experiment_name', required=True, help='the run to plot')
     parser.add_argument('--out', default=None,

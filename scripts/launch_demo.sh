@@ -11,6 +11,7 @@ python make_hdf5.py --make_demo data/demo --resolution 32 --num_workers 2
 case " $* " in
   *" --resume "*) ;;
   *) if [ -d weights/demo ]; then
+       python run_lock.py weights/demo  # refuses while a demo run is training
        echo "Starting the demo over: removing the previous demo run (weights/demo, logs/demo*, samples/demo)"
        rm -rf weights/demo logs/demo logs/demo_log.jsonl samples/demo
      fi ;;

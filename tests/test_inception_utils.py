@@ -131,6 +131,25 @@ def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch, weight
         iu.check_inception_ready(tmp_path / 'x.npz', 'torchvision', weights['tf'], no_fid=True)
 
 
+def test_a_file_that_is_not_inception_weights_says_what_it_holds(tmp_path):
+    """A junk --inception_weights file ended in torch's internals ('pop from empty list', or
+    a list of 580 missing keys): say what was found instead."""
+    junk, text, other = tmp_path / 'junk.pth', tmp_path / 'text.pth', tmp_path / 'other.pth'
+    junk.write_bytes(bytes(range(256)) * 100)
+    text.write_text('not a checkpoint\n')
+    torch.save({'a': torch.zeros(3)}, other)
+    expected = {junk: r'it is 25,600 bytes of binary data, which torch.load cannot read as '
+                      r'weights \(\w+\)\. Get https://\S+ and pass it with --inception_weights',
+                text: r"it is 17 bytes of text starting 'not a checkpoint\\n', which",
+                other: r"it holds 1 tensors \(e.g. a\) and matches 0 of the network's 580; 580 "
+                       r'are missing \(e.g. Conv2d_1a_3x3.conv.weight, Conv2d_1a_3x3.bn.weight\); '
+                       r'1 are not in the network \(e.g. a\)\. Get https://'}
+    for path, message in expected.items():
+        with pytest.raises(ValueError, match=f"{path} is not a state dict of the 'torchvision' "
+                                             f'Inception-v3: {message}'):
+            iu.load_inception_net(inception='torchvision', inception_weights=path, device='cpu')
+
+
 # ----------------------------------------------------------------------------- weights hash
 
 def test_expected_hash_prefixes_are_the_ones_in_the_published_names():
@@ -148,7 +167,7 @@ def test_unpublished_weights_warn_with_both_prefixes_once(tmp_path, monkeypatch)
     for part in (str(fake), f'starts {got}', 'starts 6726825d', iu.WEIGHTS_URLS['tf']):
         assert part in message
     # Once per file per process: neither hashed nor warned about again.
-    monkeypatch.setattr(iu, '_sha256', lambda path: pytest.fail(f'hashed {path} again'))
+    monkeypatch.setattr(iu, 'file_sha256', lambda path: pytest.fail(f'hashed {path} again'))
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         iu.check_weights_hash(fake, 'tf')
@@ -170,8 +189,8 @@ def test_hub_cache_file_is_checked_and_hashed_once(tmp_path, monkeypatch, weight
     cached = iu.hub_weights_path('torchvision')
     cached.parent.mkdir(parents=True)
     shutil.copy(weights['torchvision'], cached)
-    hashed, sha256 = [], iu._sha256
-    monkeypatch.setattr(iu, '_sha256', lambda path: hashed.append(path) or sha256(path))
+    hashed, sha256 = [], iu.file_sha256
+    monkeypatch.setattr(iu, 'file_sha256', lambda path: hashed.append(path) or sha256(path))
     with pytest.warns(iu.InceptionWeightsWarning, match=f'{cached}.*starts 0cc3c7bd'):
         iu.check_inception_ready(tmp_path / 'absent.npz', 'torchvision', no_fid=True)
     with warnings.catch_warnings():

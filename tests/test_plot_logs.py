@@ -176,3 +176,24 @@ def test_metrics_plot_adds_kid_and_precision_recall_panels_when_logged(tmp_path,
     assert list(ax_kid.lines[0].get_ydata()) == [0.05, 0.03]  # then the error bar caps
     lines = {line.get_label(): list(line.get_ydata()) for line in ax_pr.lines}
     assert lines == {'precision': [0.4, 0.6], 'recall': [0.2, 0.3]}
+
+
+def test_torn_and_blank_lines_are_skipped_naming_the_file(tmp_path):
+    """A kill can leave a torn last line: `301: 2.5e+` stopped plot_logs.py with ValueError,
+    a cut JSON record with JSONDecodeError."""
+    write_logs(tmp_path, 'exp', n=50)
+    run = tmp_path / 'exp'
+    with open(run / 'D_loss_real.log', 'a') as f:
+        f.write('\n301: 2.5e+')
+    with open(tmp_path / 'exp_log.jsonl', 'w') as f:
+        f.write('{"itr": 10, "IS_mean": 1.5, "IS_std": 0.1, "FID": 300.0}\n{"itr": 20, "IS_m')
+    with pytest.warns(UserWarning, match=r'D_loss_real.log: skipped 1 unreadable line\(s\) '
+                                         r'\(line 52\)'):
+        itrs, values = plot_logs.read_log(str(run / 'D_loss_real.log'))
+    assert list(itrs) == list(range(1, 51)) and len(values) == 50
+    with pytest.warns(UserWarning, match=r'exp_log.jsonl: skipped 1 unreadable line\(s\) '
+                                         r'\(line 2\)'):
+        assert [r['itr'] for r in plot_logs.read_jsonl(str(tmp_path / 'exp_log.jsonl'))] == [10]
+    with pytest.warns(UserWarning):
+        paths = plot_logs.plot_run(str(tmp_path), 'exp')
+    assert {os.path.basename(p) for p in paths} >= {'losses.png', 'IS_FID.png'}

@@ -33,7 +33,8 @@ def make_run(base_root) -> dict:
             p.add_(0.05 * torch.randn_like(p))
     state = {'itr': 7, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
              'best_FID': 999999, 'config': config}
-    root = utils.save_weights(G, D, state, config['weights_root'], NAME, G_ema=G_ema)
+    root = utils.save_weights(G, D, state, config['weights_root'], NAME, G_ema=G_ema,
+                              also_as=('copy0',))
     utils.save_config(config, f'{root}/config.json')
     return config
 
@@ -222,6 +223,25 @@ def test_truncation_errors(base, capsys):
     err = error_of(sample_args(base, '--sample_random', '--truncation', '0.5', '--z_var', '2'),
                    capsys)
     assert '--z_var' in err
+    # Beyond 4 the paper's trick redraws almost nothing; t > 1 widens a scaled z: refused.
+    err = error_of(sample_args(base, '--sample_random', '--truncation', '5'), capsys)
+    assert ('--truncation 5: with --truncation_style resample t must lie in (0, 4]' in err
+            and 'no truncation' in err)
+    err = error_of(sample_args(base, '--sample_trunc_curves', '0.5_0.5_4.5'), capsys)
+    assert '--sample_trunc_curves 4.5: with --truncation_style resample' in err
+    err = error_of(sample_args(base, '--sample_random', '--truncation', '1.5',
+                               '--truncation_style', 'scaled'), capsys)
+    assert 'with --truncation_style scaled t must lie in (0, 1]' in err
+    assert sample.run(sample_args(base, '--sample_random', '--truncation', '4'))['random']
+
+
+def test_which_best_is_refused_unless_it_is_the_runs_own(base, capsys):
+    """sample.py does not pick a checkpoint by a metric: --which_best KID was accepted and
+    did nothing; the run's own value (2019 scripts repeat the training flags) passes."""
+    err = error_of(sample_args(base, '--sample_random', '--which_best', 'KID'), capsys)
+    assert ("--which_best KID: sample.py does not pick checkpoints by a metric. Training kept"
+            in err and 'best copies by IS' in err and '--load_weights best0' in err)
+    assert sample.run(sample_args(base, '--sample_random', '--which_best', 'IS'))['random']
 
 
 def test_2019_run_folder_samples_from_G_ema(tmp_path):
@@ -283,7 +303,10 @@ def test_errors(base, tmp_path, capsys):
     G_file = tmp_path / 'weights' / NAME / 'G.pth'
     G_file.write_bytes(G_file.read_bytes()[:100])
     err = error_of(sample_args(tmp_path, '--sample_random', '--no_use_ema'), capsys)
-    assert 'G.pth is truncated, corrupt or not a checkpoint' in err and 'copy0' in err
+    assert 'G.pth is damaged: it has 100 bytes' in err
+    assert 'copy0 (iteration 7)' in err and 'sample.py --load_weights copy0' in err
+    assert sample.run(sample_args(tmp_path, '--sample_random', '--no_use_ema', '--load_weights',
+                                  'copy0'))['weights'].endswith('G_copy0.pth')
     (tmp_path / 'weights' / NAME / utils.COMMIT_JOURNAL).write_text('{"files": []}')
     assert 'in the middle of a save' in error_of(sample_args(tmp_path, '--sample_random'), capsys)
 
@@ -319,8 +342,10 @@ def test_counts_are_checked_before_anything_is_sampled(base, tmp_path, capsys, f
 
 @pytest.mark.parametrize('saved', [{'G_batch_size': -1}, {'G_batch_size': 0, 'batch_size': 0}])
 def test_G_batch_size_from_the_run_config_is_checked(base, tmp_path, capsys, saved):
-    """The command line bounds the flag; a run's config.json (edited, or old) is read as is."""
+    """The command line bounds the flag; a saved config (edited, or old) is read as is: here
+    the config.json of a folder without state_dict.pth (as a converted generator's)."""
     shutil.copytree(base / 'weights', tmp_path / 'weights')
+    (tmp_path / 'weights' / NAME / 'state_dict.pth').unlink()
     path = tmp_path / 'weights' / NAME / 'config.json'
     path.write_text(json.dumps({**json.loads(path.read_text()), **saved}))
     err = error_of(sample_args(tmp_path, '--sample_random'), capsys)

@@ -397,9 +397,10 @@ def test_norm_styles_train_and_sample_with_standing_stats(tmp_path, data_file, n
 
 # Runs train.py with each file-system step of a save (fsync, rename) slowed down and
 # counted; KILL_AT_CALL=k sends the process SIGKILL at the k-th, before it runs. A save of
-# G, D, G_ema, both optimizers and state_dict with one rotating copy makes 22 such steps:
-# 1-6 stage its files, 7-8 record the journal, 9-20 rename the 12 files, 21-22 sync the
-# folder around removing the journal.
+# G, D, G_ema, both optimizers and state_dict with one rotating copy makes 32 such steps:
+# 1-13 stage its files (each part, then its copy, then config.json), 14-15 record the
+# journal, 16-28 rename the 13 files, 29 syncs the folder, 30-31 record the checksums, and
+# 32 syncs the folder after removing the journal.
 KILLABLE_TRAIN = '''
 import os, signal, sys, time, runpy
 sys.argv = sys.argv[1:]
@@ -430,7 +431,7 @@ def save_weights(*args, **kwargs):
 os.replace, os.fsync, utils.save_weights = replace, fsync, save_weights
 runpy.run_path(sys.argv[0], run_name='__main__')
 '''
-SAVE_STEPS = 22
+SAVE_STEPS = 32
 
 
 def run_killable(tmp_path: Path, flags: list[str], kill_at: int = 0,
@@ -470,11 +471,11 @@ def test_sigkill_anywhere_then_resume_until_done_equals_the_uninterrupted_run(
     weights = tmp_path / 'killed' / 'run' / 'weights' / 'tiny'
 
     save = int(rng.integers(1, 9))  # 0-based: the save at iteration 2 * (save + 1)
-    kill_at = save * SAVE_STEPS + int(rng.integers(9, 22))  # among the renames
+    kill_at = save * SAVE_STEPS + int(rng.integers(16, 32))  # among the renames
     assert run_killable(tmp_path, killed, kill_at=kill_at) == -signal.SIGKILL
     assert (weights / utils.COMMIT_JOURNAL).exists()  # a half-renamed, recorded set
     remaining = 10 - (save + 1)  # the resumed run completes that save and starts after it
-    kill_at = int(rng.integers(0, remaining)) * SAVE_STEPS + int(rng.integers(1, 9))
+    kill_at = int(rng.integers(0, remaining)) * SAVE_STEPS + int(rng.integers(1, 16))
     assert run_killable(tmp_path, killed + ['--resume'], kill_at=kill_at) == -signal.SIGKILL
     assert not (weights / utils.COMMIT_JOURNAL).exists()
     assert [f for f in os.listdir(weights) if f.endswith(utils.STAGED)]  # an unrecorded set
@@ -625,3 +626,104 @@ def test_which_best_KID_keeps_the_lowest_KID_and_needs_the_features_file(tmp_pat
                        'python calculate_inception_moments.py --dataset '):
         train.main(kid_flags(tmp_path / 'second'))
     assert not (tmp_path / 'second').exists()
+
+
+# Reliability: a failed resume changes nothing, copies are copies, torn logs (issue 24)
+# ----------------------------------------------------------------------------------------
+
+
+def test_a_resume_gone_non_finite_keeps_the_run_config_and_the_advised_resume_works(
+        tmp_path, data_file):
+    """The advice of a NaN stop (--resume) used to fail again: the resume that went NaN had
+    already rewritten config.json with its flags. Flags typed with --resume now reach the
+    folder only with the next checkpoint they produce."""
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '2'))
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    before = snapshot(weights)
+    run = ['--base_root', str(tmp_path / 'run'), '--experiment_name', 'tiny']
+    with pytest.raises(FloatingPointError, match=r'non-finite losses .* at iteration 5\. The '
+                       r'last good checkpoint is \S+/tiny \(iteration 4\); resume from it '
+                       r'\(--resume'):
+        train.main(run + ['--resume', '--num_epochs', '2', '--z_var', '1e80'])
+    assert snapshot(weights) == before  # the config, the checkpoint: nothing changed
+    state = train.main(run + ['--resume', '--num_epochs', '2'])  # the advice, as given
+    assert state['itr'] == 8
+    config = json.loads((weights / 'config.json').read_text())
+    saved = utils.load_file(str(weights / 'state_dict.pth'))
+    assert config['z_var'] == saved['config']['z_var'] == 1.0
+    assert config['num_epochs'] == saved['config']['num_epochs'] == 2
+
+
+def test_a_resume_from_a_copy_takes_that_copys_config(tmp_path, data_file, capsys):
+    """config.json follows the main set; a copy's flags are those saved in it."""
+    flags = run_flags(tmp_path, data_file, '--num_epochs', '2', '--save_every', '3')
+    train.main(flags)  # saves at 3 (copy0), 6 (copy1), 8 (the end, copy0)
+    run = ['--base_root', str(tmp_path / 'run'), '--experiment_name', 'tiny']
+    train.main(run + ['--resume', '--num_epochs', '3', '--D_lr', '1e-4', '--save_every',
+                      '100'])  # one save, at the end (12): main and copy1
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    assert json.loads((weights / 'config.json').read_text())['D_lr'] == 1e-4
+    capsys.readouterr()
+    state = train.main(run + ['--resume', '--load_weights', 'copy0', '--num_epochs', '4'])
+    assert state['itr'] == 16  # from copy0 at iteration 8: its D_lr, not the main set's
+    assert 'resuming at iteration 8' in capsys.readouterr().out
+    saved = utils.load_file(str(tmp_path / 'run' / 'weights' / 'tiny' / 'state_dict.pth'))
+    assert saved['config']['D_lr'] == 2e-4
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'overwrite'])
+def test_a_damaged_main_file_is_named_and_the_run_resumes_from_a_copy(tmp_path, data_file,
+                                                                      damage):
+    """Copies were hard links of the main files, so damage to G.pth was damage to G_copy0.pth
+    and the advised --load_weights copy0 failed the same way (or loaded garbage)."""
+    flags = run_flags(tmp_path, data_file, '--num_epochs', '2', '--save_every', '3')
+    train.main(flags)  # saves at 3 (copy0), 6 (copy1), 8 (the end, copy0)
+    weights = tmp_path / 'run' / 'weights' / 'tiny'
+    good = (weights / 'G.pth').read_bytes()
+    if damage == 'truncate':
+        os.truncate(weights / 'G.pth', len(good) // 2)
+    else:
+        with open(weights / 'G.pth', 'r+b') as f:
+            f.seek(len(good) // 2)
+            f.write(b'\xff' * 200)
+    assert (weights / 'G_copy0.pth').read_bytes() == good  # the copy is a file of its own
+    run = ['--base_root', str(tmp_path / 'run'), '--experiment_name', 'tiny', '--resume',
+           '--num_epochs', '3']
+    with pytest.raises(utils.CorruptCheckpointError, match=(
+            r'G.pth is damaged: .*copy0 \(iteration 8\), copy1 \(iteration 6\).*'
+            r'--resume --load_weights copy0')):
+        train.main(run)
+    state = train.main(run + ['--load_weights', 'copy0'])
+    assert state['itr'] == 12
+    utils.load_file(str(weights / 'G.pth'))  # rewritten by the resumed run's saves
+
+
+def test_a_resume_repairs_torn_log_lines(tmp_path, data_file):
+    """A kill can leave a torn last line; it stopped --resume (JSONDecodeError, ValueError)."""
+    train.main(run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '4'))
+    logs = tmp_path / 'run' / 'logs'
+    jsonl = logs / 'tiny_log.jsonl'
+    jsonl.write_text('{"itr": 2, "IS_mean": 1.0, "IS_std": 0.1, "FID": 300.0}\n{"itr": 4, "IS_m')
+    with open(logs / 'tiny' / 'G_loss.log', 'a') as f:
+        f.write('\n')
+    with open(logs / 'tiny' / 'D_loss_real.log', 'a') as f:
+        f.write('3: 2.5e+')  # torn before its iteration was even past the checkpoint
+    with pytest.warns(UserWarning, match=r'tiny_log.jsonl: dropped 1 unreadable line\(s\) '
+                                         r'\(line 2\)'):
+        state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--resume'))
+    assert state['itr'] == 8
+    assert [json.loads(line)['itr'] for line in jsonl.read_text().splitlines()] == [2]
+    for name in ('G_loss', 'D_loss_real'):
+        lines = (logs / 'tiny' / f'{name}.log').read_text().splitlines()
+        assert [int(line.split(':')[0]) for line in lines] == list(range(1, 9)), name
+        assert all(float(line.split(':')[1]) == float(line.split(':')[1]) for line in lines)
+
+
+def test_resume_of_a_missing_run_says_so_before_checking_inception(tmp_path, data_file):
+    """It used to report missing Inception weights first, sending the user the wrong way."""
+    flags = run_flags(tmp_path, data_file, '--resume', '--inception_weights',
+                      str(tmp_path / 'absent.pth'))
+    flags[flags.index('--test_every') + 1] = '100'
+    with pytest.raises(FileNotFoundError, match=r'--resume: no run folder \S+/weights/tiny '
+                                                r'\(\S+/weights does not exist\)'):
+        train.main(flags)

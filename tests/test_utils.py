@@ -110,15 +110,74 @@ def test_interp_goes_linearly_from_x0_to_x1():
 # ----------------------------------------------------------------------------------------
 
 
-def test_a_save_with_copies_is_one_set_and_copies_are_links(tmp_path):
+def test_a_save_with_copies_is_one_set_of_independent_files_with_checksums(tmp_path):
     G, D, optim = tiny_nets()
     run = save(tmp_path, G, D, optim, 5, also_as=('copy1',))
     assert files(run) == ['D.pth', 'D_copy1.pth', 'G.pth', 'G_copy1.pth', 'G_optim.pth',
-                          'G_optim_copy1.pth', 'state_dict.pth', 'state_dict_copy1.pth']
-    assert os.path.samefile(os.path.join(run, 'G.pth'), os.path.join(run, 'G_copy1.pth'))
+                          'G_optim_copy1.pth', utils.CHECKSUMS, 'state_dict.pth',
+                          'state_dict_copy1.pth']
+    # A copy is a file of its own (2019's copies were, and damage to one must not reach the
+    # other), with the same bytes and the same recorded checksum.
+    main, copy = os.path.join(run, 'G.pth'), os.path.join(run, 'G_copy1.pth')
+    assert not os.path.samefile(main, copy) and os.stat(main).st_nlink == 1
+    assert open(main, 'rb').read() == open(copy, 'rb').read()
+    recorded = json.load(open(os.path.join(run, utils.CHECKSUMS)))['files']
+    for name in files(run):
+        if name.endswith('.pth'):
+            assert recorded[name] == {'sha256': checkpoints.file_sha256(os.path.join(run, name)),
+                                      'bytes': os.path.getsize(os.path.join(run, name)),
+                                      'itr': 5}, name
     save(tmp_path, G, D, optim, 10)  # the next save replaces G.pth, not the copy
     assert utils.load_file(os.path.join(run, 'state_dict_copy1.pth'))['itr'] == 5
     assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 10
+
+
+def big_nets():
+    """tiny_nets with a G of ~4 MB: big enough for torch's reader to seek past a truncation."""
+    G, D, optim = tiny_nets()
+    G = nn.Linear(1000, 1000)
+    return G, D, torch.optim.Adam(G.parameters())
+
+
+def overwrite_middle(path: str, n: int = 200) -> None:
+    """Overwrite n bytes in the middle of a file with 0xff (what a bad disk sector does)."""
+    with open(path, 'r+b') as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(b'\xff' * n)
+
+
+@pytest.mark.parametrize('damage', ['middle', 'truncate_half', 'truncate_1pc'])
+def test_a_file_damaged_after_its_save_is_refused_naming_it_and_its_copies(tmp_path, damage):
+    """Bytes overwritten in the middle loaded without complaint, and a checkpoint cut to 1%
+    gave a bare OSError naming no file: both are refused, naming the file and the copies."""
+    G, D, optim = big_nets()
+    save(tmp_path, G, D, optim, 5, also_as=('copy0',))
+    run = save(tmp_path, G, D, optim, 10, also_as=('copy1',))
+    path = os.path.join(run, 'G.pth')
+    if damage == 'middle':
+        overwrite_middle(path)
+    else:
+        os.truncate(path, os.path.getsize(path) // (2 if damage == 'truncate_half' else 100))
+    with pytest.raises(utils.CorruptCheckpointError) as err:
+        utils.load_file(path)
+    message = str(err.value)
+    assert message.startswith(f'{path} is damaged: ')
+    assert ('copy1 (iteration 10), copy0 (iteration 5)' in message
+            and '--resume --load_weights copy1' in message)
+    torch.testing.assert_close(utils.load_file(os.path.join(run, 'G_copy1.pth'))['weight'],
+                               G.weight)
+
+
+def test_a_file_that_never_loads_is_named_even_without_a_recorded_checksum(tmp_path):
+    G, D, optim = big_nets()
+    run = save(tmp_path, G, D, optim, 5, also_as=('copy0',))
+    os.remove(os.path.join(run, utils.CHECKSUMS))  # e.g. a run saved before checksums
+    path = os.path.join(run, 'G.pth')
+    os.truncate(path, os.path.getsize(path) // 100)
+    with pytest.raises(utils.CorruptCheckpointError, match=(
+            r'G.pth is truncated, corrupt or not a checkpoint \(OSError: .*\)\. This run\'s '
+            r'other copies of it: copy0\. Resume from one with --resume --load_weights copy0')):
+        utils.load_file(path)
 
 
 def test_non_finite_weights_or_optimizer_states_are_never_saved(tmp_path):
@@ -168,7 +227,7 @@ def test_recovery_rolls_a_recorded_save_forward(tmp_path):
     assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 5  # a mixed set
     done = utils.recover_checkpoints(run)
     assert done and 'completed' in done[0]
-    assert files(run) == ['D.pth', 'G.pth', 'G_optim.pth', 'state_dict.pth']
+    assert files(run) == ['D.pth', 'G.pth', 'G_optim.pth', utils.CHECKSUMS, 'state_dict.pth']
     assert utils.load_file(os.path.join(run, 'state_dict.pth'))['itr'] == 10
     torch.testing.assert_close(utils.load_file(os.path.join(run, 'G.pth'))['weight'], G.weight)
 
@@ -220,13 +279,32 @@ def test_torch_disk_full_errors_are_said_in_words(tmp_path, monkeypatch):
 @pytest.mark.parametrize('damage', ['truncate', 'garbage', 'empty'])
 def test_a_damaged_checkpoint_names_the_file_and_the_copies(tmp_path, damage):
     G, D, optim = tiny_nets()
-    run = save(tmp_path, G, D, optim, 5)
+    run = save(tmp_path, G, D, optim, 5, also_as=('copy0',))
     path = os.path.join(run, 'state_dict.pth')
     data = open(path, 'rb').read()
     damaged = {'truncate': data[:len(data) // 2], 'garbage': b'not a checkpoint' * 10,
                'empty': b''}[damage]
     open(path, 'wb').write(damaged)
     with pytest.raises(utils.CorruptCheckpointError,
-                       match=r'state_dict.pth is truncated, corrupt or not a checkpoint '
-                             r'.*--resume --load_weights copy0'):
+                       match=r'state_dict.pth is damaged: it has [\d,]+ bytes where its save '
+                             r'wrote [\d,]+ .*copy0 \(iteration 5\).*--resume --load_weights '
+                             r'copy0'):
         utils.load_file(path)
+
+
+def test_a_log_line_after_a_torn_one_starts_on_its_own_line(tmp_path):
+    """A killed run can leave `301: 2.5e+` with no newline; the next line appended (a resumed
+    run's, or sample.py's next metrics record) used to run on into it."""
+    logger = utils.MyLogger(str(tmp_path / 'exp'), logstyle='%.1f')
+    (tmp_path / 'exp' / 'G_loss.log').write_text('300: 1.0\n301: 2.5e+')
+    logger.log(302, G_loss=0.5)
+    assert (tmp_path / 'exp' / 'G_loss.log').read_text() == '300: 1.0\n301: 2.5e+\n302: 0.5\n'
+    with pytest.warns(UserWarning, match=r'G_loss.log: dropped 1 unreadable line\(s\) \(line 2\)'):
+        logger.truncate_after(302)
+    assert (tmp_path / 'exp' / 'G_loss.log').read_text() == '300: 1.0\n302: 0.5\n'
+    metrics = utils.MetricsLogger(str(tmp_path / 'm.jsonl'))
+    (tmp_path / 'm.jsonl').write_text('{"itr": 1}\n{"itr": 2, "IS')
+    metrics.log(itr=3)
+    with pytest.warns(UserWarning, match=r'm.jsonl: dropped 1 unreadable line\(s\) \(line 2\)'):
+        metrics.truncate_after(10)
+    assert [json.loads(line)['itr'] for line in open(tmp_path / 'm.jsonl')] == [1, 3]
