@@ -1,10 +1,13 @@
 """Time one training save: G, D, G_ema, both Adam states and state_dict.pth, plus the rotating
-copy, as train.py writes them (BigGAN-128 by default; files go to a temporary folder).
+copy, as train.py writes them (BigGAN-128 by default; files go to a temporary folder), and
+one load of the main set as a resume reads it (utils.load_file of each file, checksums
+checked where the revision records them).
 
     python benchmarks/bench_save.py --G_ch 64 --D_ch 64 --repeats 3
 
-Prints the set's size and the best and median seconds per save. Works on older revisions too
-(it calls save_weights twice where there is no `also_as`), to compare before and after.
+Prints the set's size and the best and median seconds per save and per load. Works on older
+revisions too (it calls save_weights twice where there is no `also_as`), to compare before
+and after.
 """
 import argparse
 import inspect
@@ -65,10 +68,18 @@ def main() -> None:
             save(G, D, G_ema, optims, root)
             times.append(time.perf_counter() - start)
         run = os.path.join(root, 'run')
-        size = sum(os.path.getsize(os.path.join(run, f)) for f in os.listdir(run)
-                   if '_copy' not in f)
+        main_set = [os.path.join(run, f) for f in os.listdir(run)
+                    if f.endswith('.pth') and '_copy' not in f]
+        size = sum(os.path.getsize(f) for f in main_set)
+        loads = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for path in main_set:
+                utils.load_file(path)
+            loads.append(time.perf_counter() - start)
     print(f'set of {size / 2 ** 20:,.0f} MiB (+ its copy): best {min(times):.2f} s, median '
-          f'{statistics.median(times):.2f} s per save over {args.repeats}')
+          f'{statistics.median(times):.2f} s per save over {args.repeats}; load of the set: '
+          f'best {min(loads):.2f} s, median {statistics.median(loads):.2f} s')
 
 
 if __name__ == '__main__':

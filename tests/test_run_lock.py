@@ -52,8 +52,20 @@ def logged_iterations(root: Path) -> list[int]:
     return [int(line.split(':')[0]) for line in lines]
 
 
+@pytest.fixture
+def processes():
+    """The train.py processes a test starts; any still running at its end is killed (they
+    train for thousands of epochs unless stopped)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.mark.parametrize('order', ['resume_after_first_save', 'same_moment'])
-def test_a_second_writer_is_refused_and_the_first_run_stays_whole(tmp_path, order):
+def test_a_second_writer_is_refused_and_the_first_run_stays_whole(tmp_path, order, processes):
     """Before: both processes ran to the end, the copies ended up the second's and the logs
     interleaved (1 2 4 3 4 5 5 ...), or both died on each other's .new files."""
     data = write_hdf5(tmp_path / 'tiny.hdf5')
@@ -61,12 +73,14 @@ def test_a_second_writer_is_refused_and_the_first_run_stays_whole(tmp_path, orde
     flags = ['--dataset', str(data), *FLAGS, '--num_epochs', '5000']
     if order == 'resume_after_first_save':
         first = start_train(root, *flags, '--save_every', '3', '--G_lr', '2e-4')
+        processes.append(first)
         wait_for(root / 'weights' / 'tiny' / 'state_dict.pth', first)
         second = start_train(root, '--experiment_name', 'tiny', '--resume', '--G_lr', '1e-2')
     else:  # both new runs at once: whichever locks first runs, the other is refused
         first = start_train(root, *flags, '--save_every', '1000', '--G_lr', '2e-4')
+        processes.append(first)
         second = start_train(root, *flags, '--save_every', '1000', '--G_lr', '2e-4')
-        wait_for(root / 'weights' / 'tiny' / run_lock.LOCK_FILE, first)
+    processes.append(second)
     deadline = time.time() + 300
     while first.poll() is None and second.poll() is None and time.time() < deadline:
         time.sleep(0.05)
