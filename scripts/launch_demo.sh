@@ -5,13 +5,14 @@
 # Outputs: data/demo/ (PNG folder), data/demo_32.hdf5, weights/demo/, samples/demo/, logs/demo/.
 set -e
 cd "$(dirname "$0")/.."
+# A demo still training (started in another shell) is left alone: stop here, changing nothing.
+python run_lock.py weights/demo
 python make_hdf5.py --make_demo data/demo --resolution 32 --num_workers 2
 # train.py never starts a new run over an existing one: the demo starts over explicitly
 # (unless --resume is among the extra flags, which continues it).
 case " $* " in
   *" --resume "*) ;;
   *) if [ -d weights/demo ]; then
-       python run_lock.py weights/demo  # refuses while a demo run is training
        echo "Starting the demo over: removing the previous demo run (weights/demo, logs/demo*, samples/demo)"
        rm -rf weights/demo logs/demo logs/demo_log.jsonl samples/demo
      fi ;;

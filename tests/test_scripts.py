@@ -172,7 +172,7 @@ def test_demo_launcher_commands_parse():
     """The demo packs with make_hdf5.py, trains with train.py, samples and plots."""
     import make_hdf5
     commands = {c[0]: c[1:] for c in script_commands(SCRIPTS / 'launch_demo.sh')}
-    assert list(commands) == ['make_hdf5.py', 'run_lock.py', 'train.py', 'sample.py',
+    assert list(commands) == ['run_lock.py', 'make_hdf5.py', 'train.py', 'sample.py',
                               'logs/plot_logs.py']
     assert make_hdf5.parse_args(commands['make_hdf5.py']).make_demo == 'data/demo'
     assert commands['run_lock.py'] == ['weights/demo']  # no demo is training: then rm -rf
