@@ -708,10 +708,14 @@ def test_a_resume_repairs_torn_log_lines(tmp_path, data_file):
         f.write('\n')
     with open(logs / 'tiny' / 'D_loss_real.log', 'a') as f:
         f.write('3: 2.5e+')  # torn before its iteration was even past the checkpoint
-    with pytest.warns(UserWarning, match=r'tiny_log.jsonl: dropped 1 unreadable line\(s\) '
-                                         r'\(line 2\)'):
+    with pytest.warns(UserWarning) as warned:
         state = train.main(run_flags(tmp_path, data_file, '--num_epochs', '2', '--resume'))
     assert state['itr'] == 8
+    messages = sorted(str(w.message) for w in warned)
+    assert len(messages) == 2  # the blank line goes without a word
+    assert messages[0].endswith('D_loss_real.log: dropped 1 unreadable line(s) (line 5), e.g. '
+                                'the last line of a run that was killed while writing it')
+    assert 'tiny_log.jsonl: dropped 1 unreadable line(s) (line 2)' in messages[1]
     assert [json.loads(line)['itr'] for line in jsonl.read_text().splitlines()] == [2]
     for name in ('G_loss', 'D_loss_real'):
         lines = (logs / 'tiny' / f'{name}.log').read_text().splitlines()
