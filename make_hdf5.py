@@ -128,6 +128,8 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
             log_path.write_text(''.join(f'{line}\n' for line in result.skipped))
         else:
             log_path.unlink(missing_ok=True)  # a stale log from an earlier run would mislead
+        if _terminated:  # a kill whose SystemExit did not reach us: still never rename
+            sys.exit(128 + _terminated[0])
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
@@ -235,8 +237,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Signals received. The handler's SystemExit can be swallowed where it lands in library code
+# that ignores exceptions (seen once in CI: a SIGTERMed packer exited 0), so pack_folder
+# checks this list before it renames the finished file into place.
+_terminated: list[int] = []
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     """Turn `kill` into SystemExit so the partial file is removed on the way out."""
+    _terminated.append(signum)
     sys.exit(128 + signum)
 
 
