@@ -103,13 +103,14 @@ class _HashingWriter:
 
 def _save_synced(obj: Any, path: str) -> dict:
     """torch.save and fsync (see _write_synced); returns the file's checksum record."""
-    writers = []
+    writer = None
 
     def save(f) -> None:
-        writers.append(_HashingWriter(f))
-        torch.save(obj, writers[-1])
+        nonlocal writer
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
     _write_synced(path, save)
-    return writers[-1].checksum()
+    return writer.checksum()
 
 
 def _write_synced(path: str, write: Callable, mode: str = 'wb') -> None:
@@ -307,7 +308,7 @@ def _roll_forward(root: str, journal: dict) -> None:
         if os.path.exists(os.path.join(root, name + STAGED)):
             os.replace(os.path.join(root, name + STAGED), os.path.join(root, name))
     _fsync_dir(root)
-    recorded = _read_json(os.path.join(root, CHECKSUMS)).get('files', {})
+    recorded = recorded_checksums(root)
     # The committed files replace their old records (a journal without checksums, from before
     # they were kept, leaves its files unrecorded rather than checked against old records).
     files = {**{k: v for k, v in recorded.items() if k not in journal['files']},
@@ -354,6 +355,11 @@ def recover_checkpoints(root: str) -> list[str]:
 
 # Here rather than in flags.py, which imports this module: every save writes the config.
 CONFIG_FILE = 'config.json'
+
+
+def dump_config(config: dict, f) -> None:
+    """Write a run config as config.json holds it: plain values, indented, keys sorted."""
+    json.dump(plain_config(config), f, indent=2, sort_keys=True)
 
 
 def plain_config(config: dict) -> dict:
@@ -426,7 +432,7 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
                 checksums[staged[-1]] = checksums[first]
         if name_suffix is None and config:
             _write_synced(os.path.join(root, CONFIG_FILE + STAGED),
-                          lambda f: json.dump(config, f, indent=2, sort_keys=True), 'w')
+                          lambda f: dump_config(config, f), 'w')
             staged.append(CONFIG_FILE)
     except BaseException:
         for name in staged + [CONFIG_FILE]:
@@ -435,6 +441,16 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
         raise
     commit_files(root, staged, checksums)
     return root
+
+
+def describe_runs(weights_root: str) -> str:
+    """The run folders under a weights root, in words, for 'no run folder' errors."""
+    if not os.path.isdir(weights_root):
+        return f'{weights_root} does not exist'
+    runs = sorted(d for d in os.listdir(weights_root)
+                  if os.path.isdir(os.path.join(weights_root, d)))
+    return f'runs in {weights_root}: {", ".join(runs[:10])}' if runs else \
+        f'{weights_root} holds no runs'
 
 
 def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,
@@ -469,12 +485,22 @@ def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dic
     return saved
 
 
+def state_dict_diff(own: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """(keys of `own` missing from `state`, keys of `state` not in `own`, keys whose shapes
+    differ), each in its dict's order."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    return missing, unexpected, reshaped
+
+
 def load_state_checked(module: nn.Module, state: dict, strict: bool, source: str) -> None:
     """load_state_dict that names every missing, unexpected and mis-shaped key."""
     own = module.state_dict()
-    wrong = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-             for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing, unexpected, reshaped = state_dict_diff(own, state)
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+             for k in reshaped]
     if wrong or (strict and (missing or unexpected)):
         lines = [f'{source} does not fit this {type(module).__name__}:']
         lines += [f'  shape mismatch {w}' for w in wrong]

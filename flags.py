@@ -15,7 +15,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from checkpoints import as_committed, atomic_write, checkpoint_file, load_file, plain_config
+from checkpoints import (
+    CONFIG_FILE,
+    as_committed,
+    atomic_write,
+    checkpoint_file,
+    dump_config,
+    load_file,
+)
 from run_lock import RunLockedError
 
 # ----------------------------------------------------------------------------------------
@@ -395,8 +402,8 @@ def read_run_config(run_dir: str, suffix: Optional[str] = None) -> tuple[Optiona
     itr = int(state.get('itr', 0))
     if state.get('config'):
         return state['config'], itr
-    if os.path.isfile(os.path.join(run_dir, 'config.json')):
-        with open(os.path.join(run_dir, 'config.json')) as f:
+    if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
             return json.load(f), itr
     return None, itr
 
@@ -404,8 +411,7 @@ def read_run_config(run_dir: str, suffix: Optional[str] = None) -> tuple[Optiona
 def save_config(config: dict, path: str) -> None:
     """Write the resolved config as JSON (plain values only), atomically."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    atomic_write(path, lambda f: json.dump(plain_config(config), f, indent=2, sort_keys=True),
-                 'w')
+    atomic_write(path, lambda f: dump_config(config, f), 'w')
 
 
 def inception_args(config: dict) -> tuple[str, str, Optional[str]]:

@@ -47,7 +47,7 @@ from pytorch_fid.inception import (
 )
 
 import datasets
-from checkpoints import file_sha256
+from checkpoints import file_sha256, state_dict_diff
 from metrics import (
     Array,
     InceptionMetrics,
@@ -264,10 +264,8 @@ def _state_dict_problem(state: object, own: dict) -> Optional[str]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         return f'it holds a {type(state).__name__}, not a dict of tensors'
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f'{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})'
-              for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unexpected, reshaped = state_dict_diff(own, state)
+    shapes = [f'{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})' for k in reshaped]
     if not (missing or unexpected or shapes):
         return None
     example = ', '.join(list(state)[:3]) or 'none'

@@ -105,10 +105,8 @@ def find_run(cli: dict, weights: str) -> tuple[Path, Optional[Path]]:
     if not (root / name).is_dir():
         how = ('--experiment_name' if cli['experiment_name']
                else 'the name derived from the training flags given')
-        runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        found = (f'runs there: {", ".join(runs[:10])}' if runs else 'it holds no runs'
-                 if root.is_dir() else f'{root} does not exist')
-        raise SampleError(f'no run folder {root / name} ({how}); {found}. Give '
+        raise SampleError(f'no run folder {root / name} ({how}); '
+                          f'{utils.describe_runs(str(root))}. Give '
                           f'--experiment_name NAME with the --base_root/--weights_root it was '
                           f'trained with, the training flags, or --weights PATH')
     return root / name, None

@@ -306,13 +306,10 @@ def check_run_folder(config: dict) -> None:
     run_dir = os.path.join(config['weights_root'], config['experiment_name'])
     if config['resume']:
         if not os.path.isdir(run_dir):
-            root = config['weights_root']
-            runs = sorted(os.listdir(root)) if os.path.isdir(root) else []
-            there = (f'runs in {root}: {", ".join(runs[:10])}' if runs else
-                     f'{root} holds no runs' if os.path.isdir(root) else f'{root} does not exist')
             raise FileNotFoundError(
-                f'--resume: no run folder {run_dir} ({there}). Check --base_root/--weights_root '
-                f'and --experiment_name (or the training flags the name is derived from)')
+                f'--resume: no run folder {run_dir} ({utils.describe_runs(config["weights_root"])})'
+                f'. Check --base_root/--weights_root and --experiment_name (or the training flags '
+                f'the name is derived from)')
         return
     if not run_has_checkpoint(run_dir):
         return

@@ -35,6 +35,7 @@ from checkpoints import (  # noqa: F401
     checkpoint_file,
     checkpoint_suffix,
     commit_files,
+    describe_runs,
     load_file,
     load_state_checked,
     load_weights,
