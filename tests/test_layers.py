@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import BigGAN
+import BigGANdeep
 import layers
 import utils
 
@@ -257,7 +258,9 @@ def test_2019_mybn_checkpoint_keys_load():
 def test_norm_styles_run_and_bad_style_is_an_error():
     x, y = torch.randn(4, 32, 4, 4), torch.randn(4, 5)
     for style in ('in', 'gn', 'gn_ch_8', 'gn_grp_4', 'nonorm'):
-        out = layers.ccbn(32, 5, torch.nn.Linear, norm_style=style)(x, y)
+        norm = layers.ccbn(32, 5, torch.nn.Linear, norm_style=style)
+        assert type(norm) is layers.ccbn_class(style) and isinstance(norm, layers.ccbn)
+        out = norm(x, y)
         assert out.shape == x.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match='norm_style'):
         layers.ccbn(32, 5, torch.nn.Linear, norm_style='ln')
@@ -391,3 +394,94 @@ def test_gn_G_with_cross_replica_trains_like_one_process(tmp_path):
             torch.testing.assert_close(got[k], v, atol=2e-6, rtol=1e-5, msg=k)
     moved = max((p - initial[k]).abs().max().item() for k, p in single.named_parameters())
     assert moved > 1e-2  # the step really trained G
+
+
+# ----------------------------------------------------------------------------------------
+# layers.FAST_PATHS: the CPU fast paths give the plain code's bits, and can be switched off
+# ----------------------------------------------------------------------------------------
+
+# Public names of layers.py in 2019 and here (the batch norms now live in norms.py).
+PUBLIC_NAMES = ('SN', 'SNConv2d', 'SNLinear', 'SNEmbedding', 'gram_schmidt', 'power_iteration',
+                'layer_makers', 'Attention', 'softmax_attention', 'ccbn', 'bn', 'fused_bn',
+                'StoredStatsNorm', 'BatchStatsNorm', 'BatchNormCCBN', 'InstanceNormCCBN',
+                'GroupNormCCBN', 'NoNormCCBN', 'use_sync_batchnorm', 'local_batchnorm',
+                'upsample2x', 'GBlock', 'DBlock', 'FAST_PATHS')
+
+
+def test_layers_keeps_every_public_name():
+    import norms
+    assert [n for n in PUBLIC_NAMES if not hasattr(layers, n)] == []
+    assert layers.ccbn is norms.ccbn and layers.bn is norms.bn  # one class: isinstance holds
+
+
+def _G_D_run(module, fast: bool, channels_last: bool, monkeypatch) -> dict:
+    """Outputs and gradients of a tiny G and D: a training step, then eval and no-grad passes."""
+    monkeypatch.setattr(layers, 'FAST_PATHS', fast)
+    torch.manual_seed(0)
+    cfg = dict(resolution=32, G_ch=4, D_ch=4, dim_z=16, shared_dim=8, hier=True, G_shared=True,
+               n_classes=3, G_attn='16', D_attn='16')
+    if module is BigGANdeep:  # at 64 a block drops channels: x[:, :out] is upsampled
+        cfg.update(resolution=64, G_depth=1, D_depth=1)
+    G, D = module.Generator(**cfg), module.Discriminator(**cfg)
+    if channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    z, y = torch.randn(2, G.dim_z), torch.tensor([0, 2])
+    out = {}
+    for mode in ('train', 'eval'):
+        G.train(mode == 'train'), D.train(mode == 'train')
+        img = G(z, G.shared(y))
+        score = D(img, y)
+        score.sum().backward()
+        out.update({(mode, 'img'): img, (mode, 'D'): score})
+        for name, p in [*G.named_parameters(), *D.named_parameters()]:
+            out[mode, name] = p.grad
+        G.zero_grad(set_to_none=True), D.zero_grad(set_to_none=True)
+    with torch.no_grad():  # twice: the second pass is the one that reuses the SN weights
+        for i in range(2):
+            out['no_grad', i] = D(G(z, G.shared(y)), y)
+    return out
+
+
+@pytest.mark.parametrize('module', [BigGAN, BigGANdeep], ids=['BigGAN', 'BigGANdeep'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_fast_paths_on_and_off_give_the_same_bits(module, channels_last, monkeypatch):
+    fast = _G_D_run(module, True, channels_last, monkeypatch)
+    plain = _G_D_run(module, False, channels_last, monkeypatch)
+    assert fast.keys() == plain.keys()
+    assert [k for k in fast if not torch.equal(fast[k], plain[k])] == []
+
+
+def _count_upsample_functions(monkeypatch) -> list:
+    calls = []
+    original = layers._CPUUpsample2x.apply
+    monkeypatch.setattr(layers._CPUUpsample2x, 'apply',
+                        lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def test_fast_paths_off_runs_the_plain_code(monkeypatch):
+    torch.manual_seed(0)
+    conv = layers.SNConv2d(3, 5, kernel_size=3, padding=1).eval()
+    x = torch.randn(2, 3, 4, 4)
+    iterations, upsamples = _count_power_iterations(monkeypatch), _count_upsample_functions(
+        monkeypatch)
+    with torch.no_grad():  # on: the SN weight is reused and NCHW upsampling is one copy
+        conv(x), conv(x), layers.upsample2x(x)
+    assert len(iterations) == 1 and conv._sn_cache is not None and len(upsamples) == 1
+    monkeypatch.setattr(layers, 'FAST_PATHS', False)
+    with torch.no_grad():  # off: SN recomputes every time, keeps no copy; F.interpolate
+        conv(x), conv(x)
+        up = layers.upsample2x(x)
+    assert len(iterations) == 3 and conv._sn_cache is None and len(upsamples) == 1
+    assert torch.equal(up, F.interpolate(x, scale_factor=2, mode='nearest'))
+
+
+def test_fast_paths_fall_back_where_they_do_not_apply(monkeypatch):
+    upsamples = _count_upsample_functions(monkeypatch)
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(layers.upsample2x(x), F.interpolate(x, scale_factor=2, mode='nearest'))
+    assert upsamples == []  # channels-last: PyTorch's kernel copies nothing
+    iterations = _count_power_iterations(monkeypatch)
+    layer = layers.SNLinear(6, 4).eval()
+    layer(torch.randn(2, 6)), layer(torch.randn(2, 6))  # with autograd: a fresh graph each time
+    assert len(iterations) == 2 and layer.__dict__.get('_sn_cache') is None
