@@ -194,6 +194,80 @@ def module_pairs(G: BigGANdeep.Generator, hf: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+class _TensorMap:
+    """The package's tensors taken into our state_dict, noting every key used and wrong."""
+
+    def __init__(self, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                 n_stats: int, truncation: float, interpolation: str):
+        self.state, self.own, self.n = state, own, n_stats
+        self.truncation, self.interpolation = truncation, interpolation
+        self.out: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.used: set[str] = set()
+        self.wrong: list[str] = []
+
+    def take(self, key: str, shape: tuple) -> Optional[torch.Tensor]:
+        """The package's tensor `key` as float, or None if it is missing or not of `shape`."""
+        self.used.add(key)
+        if key not in self.state:
+            return None
+        if tuple(self.state[key].shape) != tuple(shape):
+            self.wrong.append(f'{key}: {tuple(self.state[key].shape)}, expected {tuple(shape)}')
+            return None
+        return self.state[key].detach().float()
+
+    def put(self, ours: str, theirs: str, f: Callable = lambda x: x, shape: tuple = None
+            ) -> None:
+        """Our tensor `ours` from theirs (of `shape`, default ours), transformed by f."""
+        x = self.take(theirs, self.own[ours].shape if shape is None else shape)
+        if x is not None:
+            self.out[ours] = f(x).reshape(self.own[ours].shape)
+
+    def sn(self, ours: str, theirs: str, w_f: Callable = lambda x: x,
+           u_f: Callable = lambda x: x) -> None:
+        """An SN layer: weight by w_f; u vector and bias (output units) by u_f."""
+        W = self.own[f'{ours}.weight']
+        self.put(f'{ours}.weight', f'{theirs}.weight_orig', w_f)
+        self.put(f'{ours}.u0', f'{theirs}.weight_u', u_f, shape=(W.size(0),))
+        self.take(f'{theirs}.weight_v', (W[0].numel(),))
+        self.out[f'{ours}.sv0'] = self.own[f'{ours}.sv0']  # set from the converted weights
+        if f'{ours}.bias' in self.own:
+            self.put(f'{ours}.bias', f'{theirs}.bias', u_f)
+
+    def bn(self, ours: str, theirs: str) -> None:
+        """A BN's statistics table, and its stored statistics at the truncation asked for."""
+        C = self.own[f'{ours}.stored_mean'].numel()
+        means = self.take(f'{theirs}.running_means', (self.n, C))
+        var = self.take(f'{theirs}.running_vars', (self.n, C))
+        if means is not None and var is not None:
+            self.stats[ours] = (means, var)
+            for stat, table in (('stored_mean', means), ('stored_var', var)):
+                self.out[f'{ours}.{stat}'] = bn_stats.stats_at(table, self.truncation,
+                                                                self.interpolation)
+
+
+def _map_tensors(m: _TensorMap, G: BigGANdeep.Generator, hf: dict, ch: int) -> None:
+    """Every tensor of our G from the package's, as the module docstring lists them."""
+    m.put('shared.weight', 'embeddings.weight', lambda w: w.t(),
+          shape=tuple(m.own['shared.weight'].shape[::-1]))
+    m.sn('linear', 'generator.gen_z', lambda w: swap_halves(channels_first(w, ch)),
+         lambda u: channels_first(u, ch))
+    for ours, theirs in module_pairs(G, hf):
+        if '.bn' in ours:
+            m.bn(ours, theirs)
+            m.sn(f'{ours}.gain', f'{theirs}.scale', swap_halves)
+            m.sn(f'{ours}.bias', f'{theirs}.offset', swap_halves)
+        else:
+            m.sn(ours, theirs)
+    p = hf['attention_layer_position']
+    if p < 2 * len(G.arch['in_channels']):
+        m.put(f'blocks.{p - 1}.1.gamma', f'generator.layers.{p}.gamma', shape=(1,))
+    m.bn('output_layer.0', 'generator.bn')
+    m.put('output_layer.0.gain', 'generator.bn.weight')
+    m.put('output_layer.0.bias', 'generator.bn.bias')
+    m.sn('output_layer.2', 'generator.conv_to_rgb')
+
+
 def convert(state: dict[str, torch.Tensor], hf: dict, truncation: float,
             interpolation: str = 'package'
             ) -> tuple[BigGANdeep.Generator, dict, dict]:
@@ -202,77 +276,19 @@ def convert(state: dict[str, torch.Tensor], hf: dict, truncation: float,
     reported at once."""
     config = run_config(hf)
     G = BigGANdeep.Generator(**config)
-    own = G.state_dict()
     ch = config['G_ch'] * BigGAN.G_CHANNELS[config['resolution']][0][0]
-    n = hf['n_stats']
-    out: dict[str, torch.Tensor] = {}
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    used: set[str] = set()
-    wrong: list[str] = []
-
-    def take(key: str, shape: tuple) -> Optional[torch.Tensor]:
-        used.add(key)
-        if key not in state:
-            return None
-        if tuple(state[key].shape) != tuple(shape):
-            wrong.append(f'{key}: {tuple(state[key].shape)}, expected {tuple(shape)}')
-            return None
-        return state[key].detach().float()
-
-    def put(ours: str, theirs: str, f: Callable = lambda x: x, shape: tuple = None) -> None:
-        x = take(theirs, own[ours].shape if shape is None else shape)
-        if x is not None:
-            out[ours] = f(x).reshape(own[ours].shape)
-
-    def sn(ours: str, theirs: str, w_f: Callable = lambda x: x,
-           u_f: Callable = lambda x: x) -> None:
-        W = own[f'{ours}.weight']
-        put(f'{ours}.weight', f'{theirs}.weight_orig', w_f)
-        put(f'{ours}.u0', f'{theirs}.weight_u', u_f, shape=(W.size(0),))
-        take(f'{theirs}.weight_v', (W[0].numel(),))
-        out[f'{ours}.sv0'] = own[f'{ours}.sv0']  # set from the converted weights below
-        if f'{ours}.bias' in own:
-            put(f'{ours}.bias', f'{theirs}.bias', u_f)
-
-    def bn(ours: str, theirs: str, C: int) -> None:
-        means = take(f'{theirs}.running_means', (n, C))
-        var = take(f'{theirs}.running_vars', (n, C))
-        if means is not None and var is not None:
-            stats[ours] = (means, var)
-            out[f'{ours}.stored_mean'] = bn_stats.stats_at(means, truncation, interpolation)
-            out[f'{ours}.stored_var'] = bn_stats.stats_at(var, truncation, interpolation)
-
-    put('shared.weight', 'embeddings.weight', lambda w: w.t(),
-        shape=tuple(own['shared.weight'].shape[::-1]))
-    sn('linear', 'generator.gen_z', lambda w: swap_halves(channels_first(w, ch)),
-       lambda u: channels_first(u, ch))
-    for ours, theirs in module_pairs(G, hf):
-        if '.bn' in ours:
-            C = own[f'{ours}.stored_mean'].numel()
-            bn(ours, theirs, C)
-            sn(f'{ours}.gain', f'{theirs}.scale', swap_halves)
-            sn(f'{ours}.bias', f'{theirs}.offset', swap_halves)
-        else:
-            sn(ours, theirs)
-    if hf['attention_layer_position'] < 2 * len(G.arch['in_channels']):
-        p = hf['attention_layer_position']
-        put(f'blocks.{p - 1}.1.gamma', f'generator.layers.{p}.gamma', shape=(1,))
-    C = own['output_layer.0.stored_mean'].numel()
-    bn('output_layer.0', 'generator.bn', C)
-    put('output_layer.0.gain', 'generator.bn.weight')
-    put('output_layer.0.bias', 'generator.bn.bias')
-    sn('output_layer.2', 'generator.conv_to_rgb')
-
-    missing = sorted(k for k in used if k not in state)
-    unexpected = sorted(set(state) - used)
-    if missing or wrong or unexpected:
-        raise HFConversionError(report(config, missing, wrong, unexpected))
-    left = sorted(set(own) - set(out))
+    m = _TensorMap(state, G.state_dict(), hf['n_stats'], truncation, interpolation)
+    _map_tensors(m, G, hf, ch)
+    missing = sorted(k for k in m.used if k not in state)
+    unexpected = sorted(set(state) - m.used)
+    if missing or m.wrong or unexpected:
+        raise HFConversionError(report(config, missing, m.wrong, unexpected))
+    left = sorted(set(m.own) - set(m.out))
     assert not left, f'map leaves {left} unset'  # a bug here, not in the user's file
-    G.load_state_dict(out, strict=True)
+    G.load_state_dict(m.out, strict=True)
     set_singular_values(G)
     G.eval()
-    return G, config, bn_stats.make_table(stats, interpolation, G, 'pytorch-pretrained-biggan')
+    return G, config, bn_stats.make_table(m.stats, interpolation, G, 'pytorch-pretrained-biggan')
 
 
 def set_singular_values(G: torch.nn.Module) -> None:
