@@ -5,29 +5,32 @@ or a full disk never leaves half replaced, and loaded with torch's weights-only 
 Every file a save commits has its SHA-256 recorded (CHECKSUMS), and every load checks it: a
 file damaged after its save (truncated, or bytes overwritten in the middle) is refused with
 its name and the run's other copies to fall back on. The copies (G_copy0.pth, G_best0.pth,
-...) are files of their own, never hard links, so damage to one never reaches another.
+...) are files of their own, never hard links, so damage to one never reaches another. The
+files are written and fsynced by atomic_io.py.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import pickle
 import re
-import shutil
 import zipfile
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-try:
-    import fcntl
-except ImportError:  # Windows: copies are plain copies
-    fcntl = None
+# The durable writes live in atomic_io.py; utils and flags import atomic_save/atomic_write here.
+from atomic_io import (  # noqa: F401
+    FICLONE,
+    atomic_save,
+    atomic_write,
+    copy_synced,
+    write_synced,
+)
 
 # ----------------------------------------------------------------------------------------
 # File names
@@ -66,20 +69,8 @@ def checkpoint_suffix(filename: str) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------
-# Atomic writes, checked reads
+# Hashed writes, checked reads
 # ----------------------------------------------------------------------------------------
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary name, fsync, then rename: a kill never leaves half a file."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str, write: Callable, mode: str = 'wb') -> None:
-    """`write(file)` to a temporary name, fsync, then rename onto `path`."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    _write_synced(tmp, write, mode)
-    os.replace(tmp, path)
 
 
 class _HashingWriter:
@@ -102,54 +93,15 @@ class _HashingWriter:
 
 
 def _save_synced(obj: Any, path: str) -> dict:
-    """torch.save and fsync (see _write_synced); returns the file's checksum record."""
+    """torch.save and fsync (see atomic_io.write_synced); returns the file's checksum record."""
     writer = None
 
     def save(f) -> None:
         nonlocal writer
         writer = _HashingWriter(f)
         torch.save(obj, writer)
-    _write_synced(path, save)
+    write_synced(path, save)
     return writer.checksum()
-
-
-def _write_synced(path: str, write: Callable, mode: str = 'wb') -> None:
-    """Write a file and fsync it. A failure removes it and names it, and a full disk is said
-    in words (torch reports one as an 'enforce fail' RuntimeError)."""
-    try:
-        with open(path, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as err:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        full = (getattr(err, 'errno', None) == errno.ENOSPC
-                or shutil.disk_usage(os.path.dirname(path) or '.').free < 64 * 2 ** 20)
-        what = 'disk full' if full else f'{type(err).__name__}: {err}'
-        target = re.sub(r'(\.new|\.tmp\d*)$', '', path)  # the file this write was for
-        raise OSError(errno.ENOSPC if full else getattr(err, 'errno', None),
-                      f'{what} while saving {target}; the previous checkpoint is intact (this '
-                      f'save was not committed)') from err
-
-
-FICLONE = 0x40049409  # Linux ioctl: make `target` share `source`'s blocks copy-on-write
-
-
-def _copy_synced(source: str, target: str) -> None:
-    """An independent copy of a written file, fsynced: a reflink where the filesystem has them
-    (btrfs, XFS: no second write, and a later change to either file never reaches the other),
-    else a byte copy. Never a hard link: damage to one name must not be damage to both."""
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(target)
-
-    def copy(dst) -> None:
-        with open(source, 'rb') as src:
-            try:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-            except (AttributeError, OSError):  # no fcntl (Windows), or no reflinks here
-                shutil.copyfileobj(src, dst, 1 << 24)
-    _write_synced(target, copy)
 
 
 def load_file(path: str, map_location: Any = 'cpu') -> Any:
@@ -427,12 +379,12 @@ def save_weights(G: nn.Module, D: nn.Module, state_dict: dict, weights_root: str
             staged.append(first)
             for suffix in also_as:
                 staged.append(checkpoint_file(name, suffix))
-                _copy_synced(os.path.join(root, first + STAGED),
-                             os.path.join(root, staged[-1] + STAGED))
+                copy_synced(os.path.join(root, first + STAGED),
+                            os.path.join(root, staged[-1] + STAGED))
                 checksums[staged[-1]] = checksums[first]
         if name_suffix is None and config:
-            _write_synced(os.path.join(root, CONFIG_FILE + STAGED),
-                          lambda f: dump_config(config, f), 'w')
+            write_synced(os.path.join(root, CONFIG_FILE + STAGED),
+                         lambda f: dump_config(config, f), 'w')
             staged.append(CONFIG_FILE)
     except BaseException:
         for name in staged + [CONFIG_FILE]:

@@ -5,11 +5,12 @@
     torchrun --nproc_per_node=8 train.py <the same flags>      # DDP, one process per GPU
 
 `run` reads top to bottom: config and checks -> models, optimizers, EMA -> resume or
-fine-tune -> parallel wrappers -> data -> the training step (train_fns.GAN_training_function)
--> the loop, which calls train_fns.AfterStep for logging, saving/sampling (--save_every) and
-IS/FID tests (--test_every). Runs live in <weights_root>/<experiment_name>/ and are found
-again by their name (--resume). One process writes a run folder at a time (run_lock.py): a
-second train.py on the same run is refused at start, naming the first.
+fine-tune (resume.py) -> parallel wrappers -> data -> the training step
+(train_fns.GAN_training_function) -> the loop, which calls train_fns.AfterStep for logging,
+saving/sampling (--save_every) and IS/FID tests (--test_every). Runs live in
+<weights_root>/<experiment_name>/ and are found again by their name (--resume). One process
+writes a run folder at a time (run_lock.py): a second train.py on the same run is refused at
+start, naming the first.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 import datasets
 import flags
 import layers
+import resume
 import run_lock
 import train_fns
 import utils
@@ -114,10 +116,10 @@ def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
     """The run's config: resumed flags, resolved data and name, and every check that can
     fail before anything is written to disk."""
     if config['resume']:
-        config = resumed_config(config, given)
+        config = resume.resumed_config(config, given)
     config = prepare_config(config)
     check_config(config, world_size, torch.cuda.device_count())
-    check_run_folder(config)
+    resume.check_run_folder(config)
     check_test_setup(config)
     return config
 
@@ -180,12 +182,6 @@ def build_ema(nets: train_fns.Nets, config: dict) -> Optional[utils.ema]:
     return utils.ema(nets.G, nets.G_ema, config['ema_decay'], config['ema_start'])
 
 
-def new_state_dict(config: dict) -> dict:
-    """The counters a checkpoint saves (state_dict.pth), at the start of a run."""
-    return {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0, 'best_IS': 0,
-            'best_FID': 999999, 'best_KID': 999999, 'config': config}
-
-
 def inception_metrics(config: dict, device: torch.device) -> Optional[Callable]:
     """The IS/FID function of --test_every (None when not testing)."""
     if config['test_every'] <= 0:
@@ -193,132 +189,6 @@ def inception_metrics(config: dict, device: torch.device) -> Optional[Callable]:
     import inception_utils  # only when testing: it loads the Inception weights
     return inception_utils.prepare_inception_metrics(
         *flags.inception_args(config), device=device, no_fid=config['no_fid'])
-
-
-def weights_source(path: str) -> tuple[str, Optional[str]]:
-    """(run folder, suffix) named by --load_weights: a folder, or one of its G/G_ema/D files."""
-    if not os.path.isfile(path):
-        return path, None
-    root, name = os.path.split(path)
-    try:
-        return root, utils.checkpoint_suffix(name)
-    except ValueError as err:
-        raise ValueError(f'--load_weights {path}: expected a run folder or a file in one; '
-                         f'{err}') from None
-
-
-def resume(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precision,
-           config: dict) -> dict:
-    """Load the run's checkpoint and apply the config's optimizer settings; returns the saved
-    state ({} for a run killed before its first save, which starts from iteration 0)."""
-    run_dir = os.path.join(config['weights_root'], config['experiment_name'])
-    suffix = config['load_weights'] or None
-    if os.path.isdir(run_dir) and not suffix and not run_has_checkpoint(run_dir):
-        print(f'{run_dir} holds no checkpoint yet (the run stopped before its first save): '
-              f'starting from iteration 0')
-        return {}
-    saved = utils.load_weights(nets.G, nets.D, state_dict, config['weights_root'],
-                               config['experiment_name'], name_suffix=suffix, G_ema=nets.G_ema,
-                               G_optim=nets.G_optim, D_optim=nets.D_optim)
-    for optim, who in ((nets.G_optim, 'G'), (nets.D_optim, 'D')):
-        set_optimizer_hparams(optim, config[f'{who}_lr'], (config[f'{who}_B1'],
-                                                           config[f'{who}_B2']),
-                              config['adam_eps'])
-    for key in ('G_scaler', 'D_scaler'):
-        if saved.get(key) and getattr(precision, key) is not None:
-            getattr(precision, key).load_state_dict(saved[key])
-    return saved
-
-
-def check_source_G(config: dict, root: str) -> None:
-    """Refuse to fine-tune from a run whose saved config builds G otherwise than the flags."""
-    saved, _ = utils.read_run_config(root)
-    if not saved:
-        return
-    defaults = utils.prepare_parser().parse_args([])
-    built = {k: saved.get(k, getattr(defaults, k)) for k in flags.G_BUILD_KEYS}
-    differ = {k: v for k, v in built.items() if v != config[k]}
-    if differ:
-        raise ValueError(f'--load_weights {root}: its G was built with '
-                         + ', '.join(f'{k}={v!r} (given: {config[k]!r})'
-                                     for k, v in differ.items())
-                         + f'. Give the flags it was built with: {flags.flag_line(differ)}')
-
-
-def load_for_finetuning(nets: train_fns.Nets, path: str, config: dict) -> None:
-    """Load a run's weights, re-initialising class embeddings whose class count differs; a
-    source without D.pth (a converted generator) leaves D at its initialisation."""
-    root, suffix = weights_source(path)
-    check_source_G(config, root)
-    G, G_ema = nets.G, nets.G_ema
-    for net, name in ((G, 'G'), (nets.D, 'D'), (G_ema, 'G_ema')):
-        fname = os.path.join(root, utils.checkpoint_file(name, suffix))
-        if net is None or (name == 'G_ema' and not os.path.exists(fname)):
-            continue
-        if name == 'D' and not os.path.exists(fname):
-            print(f'{root} holds no {os.path.basename(fname)}: D starts fresh (consider '
-                  f'--D_warmup so it learns the loaded G before G follows it)')
-            continue
-        state = utils.load_file(fname)
-        embeddings = [n for n, m in net.named_modules() if isinstance(m, nn.Embedding)]
-        own = net.state_dict()
-        for key in list(state):
-            in_embedding = any(key.startswith(e + '.') for e in embeddings)
-            if in_embedding and key in own and own[key].shape != state[key].shape:
-                state[key] = own[key]  # a new class count: keep the fresh initialisation
-        utils.load_state_checked(net, state, True, fname)
-        if name == 'G' and G_ema is not None:
-            G_ema.load_state_dict(G.state_dict())  # a run without EMA: start the EMA at G
-
-
-def resumed_config(config: dict, given: Optional[dict]) -> dict:
-    """On --resume: the run's saved flags, except those typed on this command line (`given`),
-    which win with a note each where they differ. `given` None: the config as it is."""
-    if given is None:
-        return config
-    utils.update_config_roots(config)
-    name = config['experiment_name'] or utils.name_from_config(config)
-    run_dir = os.path.join(config['weights_root'], name)
-    if not os.path.isdir(run_dir):
-        return config  # load_weights says which folder is missing
-    saved, _ = utils.read_run_config(run_dir, config['load_weights'] or None)
-    if saved is None:
-        return config
-    keep = utils.config_keys() - utils.INVOCATION_KEYS - utils.DERIVED_KEYS
-    saved = {k: v for k, v in utils.plain_config(saved).items() if k in keep}
-    for key in sorted(given.keys() & saved.keys()):
-        if given[key] != saved[key]:
-            print(f'--resume: {key} = {given[key]!r} as given (the run was saved with '
-                  f'{saved[key]!r})')
-    return {**config, **{k: v for k, v in saved.items() if k not in given},
-            'experiment_name': name}
-
-
-def run_has_checkpoint(run_dir: str, suffix: Optional[str] = None) -> bool:
-    """Whether a run folder holds a checkpoint (or a save that recovery will complete)."""
-    return (os.path.isfile(os.path.join(run_dir, utils.checkpoint_file('state_dict', suffix)))
-            or os.path.isfile(os.path.join(run_dir, utils.COMMIT_JOURNAL)))
-
-
-def check_run_folder(config: dict) -> None:
-    """A resume needs its run folder; a new run never starts over an existing one: that would
-    delete its logs and, at its first save, replace its checkpoint. Nothing is written here."""
-    run_dir = os.path.join(config['weights_root'], config['experiment_name'])
-    if config['resume']:
-        if not os.path.isdir(run_dir):
-            raise FileNotFoundError(
-                f'--resume: no run folder {run_dir} ({utils.describe_runs(config["weights_root"])})'
-                f'. Check --base_root/--weights_root and --experiment_name (or the training flags '
-                f'the name is derived from)')
-        return
-    if not run_has_checkpoint(run_dir):
-        return
-    _, itr = utils.read_run_config(run_dir)
-    raise FileExistsError(
-        f'{run_dir} already holds a run (saved at iteration {itr}). Resume it with --resume, '
-        f'or start a new run under a new --experiment_name; to start this one over, first '
-        f'delete or move {run_dir} and its logs ({config["logs_root"]}/'
-        f'{config["experiment_name"]}*). Nothing was changed.')
 
 
 def lock_run_folder(config: dict, is_main: bool, world_size: int
@@ -340,30 +210,6 @@ def lock_run_folder(config: dict, is_main: bool, world_size: int
     if error is not None:
         raise error
     return lock
-
-
-def set_optimizer_hparams(optim: torch.optim.Optimizer, lr: float, betas: tuple,
-                          eps: float) -> None:
-    """Apply the config's Adam settings to a loaded optimizer (its state keeps the old ones)."""
-    for group in optim.param_groups:
-        group.update(lr=lr, betas=betas, eps=eps)
-
-
-def load_start(nets: train_fns.Nets, state_dict: dict, precision: train_fns.Precision,
-               config: dict, *, is_main: bool, world_size: int) -> dict:
-    """Resume the run (after completing or dropping a save a kill interrupted), or start it
-    from --load_weights; returns what the checkpoint saved beyond the weights ({} if none)."""
-    if config['resume']:
-        run_dir = os.path.join(config['weights_root'], config['experiment_name'])
-        if is_main and os.path.isdir(run_dir):
-            for line in utils.recover_checkpoints(run_dir):
-                print(f'{run_dir}: {line}')
-        if world_size > 1:
-            dist.barrier()  # the other ranks load what rank 0 recovered
-        return resume(nets, state_dict, precision, config)
-    if config['load_weights']:
-        load_for_finetuning(nets, config['load_weights'], config)
-    return {}
 
 
 def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, world_size: int,
@@ -489,10 +335,10 @@ def train_run(config: dict, rank: int, world_size: int, device: torch.device) ->
     # Create models, optimizers, EMA; resume or fine-tune; wrap for parallelism:
     nets = build_nets(config, device)
     ema = build_ema(nets, config)
-    state_dict = new_state_dict(config)
+    state_dict = resume.new_state_dict(config)
     precision = train_fns.Precision.from_config(config['amp'], device)
-    saved = load_start(nets, state_dict, precision, config, is_main=is_main,
-                       world_size=world_size)
+    saved = resume.load_start(nets, state_dict, precision, config, is_main=is_main,
+                              world_size=world_size)
     small = SmallData.from_config(config, device, rank=rank, world_size=world_size)
     if small is not None and saved.get('small_data'):  # DiffAugment's p, LeCam's EMAs
         small.load_state_dict(saved['small_data'])

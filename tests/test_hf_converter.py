@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import BigGANdeep
 import bn_stats
 import flags
+import resume
 import sample
 import train
 import train_fns
@@ -755,5 +756,5 @@ def test_finetune_check_names_a_G_flag_the_source_config_lacks(tmp_path):
     config = vars(utils.prepare_parser().parse_args(['--G_output_BN_eps', '1e-4']))
     with pytest.raises(ValueError, match=r"G_output_BN_eps=1e-05 \(given: 0\.0001\)"
                                          r".*--G_output_BN_eps 1e-05"):
-        train.check_source_G(config, str(tmp_path))
-    train.check_source_G(vars(utils.prepare_parser().parse_args([])), str(tmp_path))
+        resume.check_source_G(config, str(tmp_path))
+    resume.check_source_G(vars(utils.prepare_parser().parse_args([])), str(tmp_path))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import resume
 import train
 import train_fns
 import utils
@@ -215,11 +216,11 @@ def test_help_lists_every_flag():
 def test_load_weights_names_a_folder_or_a_file(tmp_path):
     for name in ('G_ema_best0.pth', 'G_best0.pth', 'D_copy1.pth', 'G.pth'):
         (tmp_path / name).write_bytes(b'')
-    assert train.weights_source(str(tmp_path / 'G_ema_best0.pth')) == (str(tmp_path), 'best0')
-    assert train.weights_source(str(tmp_path / 'G_best0.pth')) == (str(tmp_path), 'best0')
-    assert train.weights_source(str(tmp_path / 'D_copy1.pth')) == (str(tmp_path), 'copy1')
-    assert train.weights_source(str(tmp_path / 'G.pth')) == (str(tmp_path), None)
-    assert train.weights_source(str(tmp_path)) == (str(tmp_path), None)
+    assert resume.weights_source(str(tmp_path / 'G_ema_best0.pth')) == (str(tmp_path), 'best0')
+    assert resume.weights_source(str(tmp_path / 'G_best0.pth')) == (str(tmp_path), 'best0')
+    assert resume.weights_source(str(tmp_path / 'D_copy1.pth')) == (str(tmp_path), 'copy1')
+    assert resume.weights_source(str(tmp_path / 'G.pth')) == (str(tmp_path), None)
+    assert resume.weights_source(str(tmp_path)) == (str(tmp_path), None)
 
 
 def test_unconditional_training_on_a_one_class_folder(tmp_path):

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
+import atomic_io
 import checkpoints
 import utils
 
@@ -270,7 +271,7 @@ def test_torch_disk_full_errors_are_said_in_words(tmp_path, monkeypatch):
     def enforce_fail(obj, f, *args, **kwargs):
         raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 64')
     monkeypatch.setattr(torch, 'save', enforce_fail)
-    monkeypatch.setattr(checkpoints.shutil, 'disk_usage', lambda path: SimpleNamespace(free=1024))
+    monkeypatch.setattr(atomic_io.shutil, 'disk_usage', lambda path: SimpleNamespace(free=1024))
     with pytest.raises(OSError, match=r'disk full while saving \S+/x.pth; the previous'):
         utils.atomic_save({'w': torch.ones(1)}, str(tmp_path / 'x.pth'))
     assert os.listdir(tmp_path) == []
