@@ -10,6 +10,7 @@ plus `resolution` and `n_classes`); G ignores the `D_*` keys and D the `G_*` one
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Callable, Optional, Union
 
 import torch
@@ -313,49 +314,55 @@ def unwrap(net: nn.Module) -> nn.Module:
                                           nn.DataParallel)) else net
 
 
-class G_D(nn.Module):
-    """Runs G then D in one forward, so DataParallel/DDP need not gather G's output.
+class D_pass(nn.Module):
+    """D on every image it sees in one call: the groups of images (fakes, reals, extra views)
+    are concatenated, augmented (DiffAugment/ADA: the one place augmentation is applied) and
+    judged together; D's outputs come back split per group.
 
-    `augment` (DiffAugment) transforms every image D sees, fakes and reals alike, in the D
-    and the G step; `cr_transform` is the transform T of consistency regularisation.
+    `split_D` (2019's --split_D) runs the first group (the fakes) and the rest in two calls.
+    """
+
+    def __init__(self, D: nn.Module, *, augment: Optional[Callable] = None,
+                 split_D: bool = False):
+        super().__init__()
+        self.D, self.augment, self.split_D = D, augment, split_D
+
+    def see(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as D sees them: augmented if the run augments."""
+        return self.augment(images) if self.augment is not None else images
+
+    def forward(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+                ) -> list[torch.Tensor]:
+        """D's outputs [n_i, 1] on each group images[i] [n_i, 3, R, R] of classes labels[i]."""
+        sizes = [x.shape[0] for x in images]
+        if self.split_D and len(images) > 1:
+            return [self.D(self.see(images[0]), labels[0]),
+                    *self.D(self.see(_cat(images[1:])), _cat(labels[1:])).split(sizes[1:])]
+        return list(self.D(self.see(_cat(images)), _cat(labels)).split(sizes))
+
+
+def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.cat, without a copy for a single tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), 0)
+
+
+class G_D(nn.Module):
+    """G then D in one pass (the G step): D's outputs on G(z, gy) and on any given images, so
+    DataParallel/DDP need not gather G's output.
+
+    Under DDP, G and D are wrapped separately: give G_D the wrapped G and the plain D (D is not
+    being trained in the G step, so it has no gradients to all-reduce). The D step runs G
+    without a graph itself and calls `D_pass` (train_fns.GAN_training_function).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, *, augment: Optional[Callable] = None,
-                 cr_transform: Optional[Callable] = None):
+                 split_D: bool = False):
         super().__init__()
-        self.G, self.D = G, D
-        self.augment, self.cr_transform = augment, cr_transform
+        self.G = G
+        self.D_pass = D_pass(D, augment=augment, split_D=split_D)
 
-    def forward(self, z: torch.Tensor, gy: torch.Tensor, x: Optional[torch.Tensor] = None,
-                dy: Optional[torch.Tensor] = None, *, train_G: bool = False,
-                return_G_z: bool = False, split_D: bool = False, consistency: bool = False):
-        """D(G(z, gy)) and, with reals x, D(x, dy): fakes and reals share one D pass.
-
-        With `consistency` (and x) it also returns D(T(x), dy), T = `cr_transform`, from the
-        same pass: (D_fake, D_real, D_real_T).
-        Under DDP, G and D are wrapped separately and only the net being trained runs
-        through its wrapper: the frozen one has no gradients to all-reduce.
-        """
-        G, D = (self.G, unwrap(self.D)) if train_G else (unwrap(self.G), self.D)
-        with torch.set_grad_enabled(train_G):
-            G_z = G(z, unwrap(self.G).shared(gy))
-        if x is not None and consistency:
-            x, dy = torch.cat([x, self.cr_transform(x)], 0), torch.cat([dy, dy], 0)
-        see = self.augment or (lambda images: images)
-        if split_D:
-            D_fake = D(see(G_z), gy)
-            if x is not None:
-                return (D_fake, *self._reals(D(see(x), dy), consistency))
-            return (D_fake, G_z) if return_G_z else D_fake
-        D_input = see(torch.cat([G_z, x], 0) if x is not None else G_z)
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = D(D_input, D_class)
-        if x is not None:
-            D_fake, D_real = torch.split(D_out, [G_z.shape[0], x.shape[0]])
-            return (D_fake, *self._reals(D_real, consistency))
-        return (D_out, G_z) if return_G_z else D_out
-
-    @staticmethod
-    def _reals(D_real: torch.Tensor, consistency: bool) -> tuple[torch.Tensor, ...]:
-        """(D_real,), or (D_real, D_real_T) from the two halves of a consistency batch."""
-        return tuple(D_real.chunk(2)) if consistency else (D_real,)
+    def forward(self, z: torch.Tensor, gy: torch.Tensor, images: Sequence[torch.Tensor] = (),
+                labels: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(G(z, gy), D's outputs on [G(z, gy), *images]), D in one pass."""
+        G_z = self.G(z, unwrap(self.G).shared(gy))
+        return G_z, self.D_pass([G_z, *images], [gy, *labels])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import BigGAN
 import layers
-from BigGAN import G_D  # noqa: F401  (same wrapper; `BigGANdeep.G_D` is part of the API)
+from BigGAN import G_D, D_pass  # noqa: F401  (same wrappers; part of the BigGANdeep API)
 
 # resolution: (in_channels, out_channels, downsample, stage resolutions) as multiples of ch,
 # after the input conv (RGB -> in_channels[0]); stage resolutions as in the 2019 tables.

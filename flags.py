@@ -8,11 +8,10 @@ JSON with the run and names the run the way 2019 did.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Union
 
 from checkpoints import (
@@ -41,6 +40,7 @@ class Flag:
     help: str
     dest: Optional[str] = None      # config key when it differs from the name
     choices: Optional[tuple] = None
+    in_name: bool = True            # a post-2019 flag: in the run name when not its default
 
     @property
     def key(self) -> str:
@@ -89,15 +89,16 @@ def augment_policy(text: str) -> str:
 
 def _off(name: str, dest: str, help: str) -> Flag:
     """A bare flag that switches off something on by default (config key `dest`)."""
-    return Flag(name, True, 'off', help, dest=dest)
+    return Flag(name, True, 'off', help, dest=dest, in_name=False)
 
 
 FLAGS = [
     # Dataset / data loader
     Flag('dataset', 'I128_hdf5', str, 'dataset name (I32..I256[_hdf5], C10, C100) or a path to '
          'an image folder / .hdf5 file'),
+    # Not in the run name: train.py fills it in from the data before naming the run.
     Flag('resolution', 0, COUNT, 'image resolution for a dataset given by path (0: from the '
-         'dataset name or file)'),
+         'dataset name or file)', in_name=False),
     Flag('augment', False, SWITCH, 'random crop / flip augmentation'),
     Flag('num_workers', 8, COUNT, 'data loader worker processes'),
     _off('no_pin_memory', 'pin_memory', 'do not pin loader memory'),
@@ -213,19 +214,23 @@ FLAGS = [
     Flag('log_D_spectra', False, SWITCH, "log D's singular values"),
     Flag('sv_log_interval', 10, COUNT, 'iterations between singular value logs'),
     # Beyond 2019
-    Flag('loss', 'hinge', str, 'adversarial loss: hinge or dcgan', choices=('hinge', 'dcgan')),
+    # --loss takes any Loss registered in train_fns.py (all_flags fills in the choices).
+    Flag('loss', 'hinge', str, 'adversarial loss, a Loss class of train_fns.py'),
     Flag('unconditional', False, SWITCH, 'ignore the labels: one class, no projection in D'),
-    Flag('log_every', 50, POSITIVE_INT, 'iterations between reading the losses (host syncs)'),
+    Flag('log_every', 50, POSITIVE_INT, 'iterations between reading the losses (host syncs)',
+         in_name=False),
     Flag('amp', 'none', str, 'mixed precision: none, bf16 or fp16 (with a grad scaler)',
          choices=('none', 'bf16', 'fp16')),
-    Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D'),
-    Flag('compile', False, SWITCH, 'torch.compile G and D'),
+    Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D',
+         in_name=False),
+    Flag('compile', False, SWITCH, 'torch.compile G and D', in_name=False),
     Flag('compile_mode', 'default', str, 'torch.compile mode with --compile: default, '
          'reduce-overhead (CUDA graphs: one launch per graph, not per kernel) or '
-         'max-autotune', choices=('default', 'reduce-overhead', 'max-autotune')),
+         'max-autotune', choices=('default', 'reduce-overhead', 'max-autotune'), in_name=False),
     Flag('inception', 'torchvision', str, 'Inception net for IS/FID: torchvision or tf',
-         choices=('torchvision', 'tf')),
-    Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)'),
+         choices=('torchvision', 'tf'), in_name=False),
+    Flag('inception_weights', '', str, 'local Inception weights file (else the hub cache)',
+         in_name=False),
     # Small data (the flag names of the DiffAugment and LeCam forks of the 2019 code)
     Flag('DiffAugment', '', augment_policy, 'differentiable augmentation of every image D '
          'sees, real and generated, in the D and G steps: a comma list of color, translation, '
@@ -240,20 +245,10 @@ FLAGS = [
     Flag('mirror_augment', False, SWITCH, 'random horizontal flips of the real images'),
     Flag('num_samples', 0, COUNT, 'train on a fixed random subset of N images (seeded by '
          '--seed, kept by a resume; 0: all)'),
-    Flag('LC', 0.0, NONNEGATIVE, "LeCam regularisation weight: D's outputs held near EMAs of "
-         "the other side's mean outputs"),
-    Flag('LC_decay', 0.99, bounded(float, 0, 1, open_high=True), 'LeCam: decay of the EMAs of '
-         "D's mean outputs"),
-    Flag('LC_start', 1000, COUNT, 'LeCam: iteration from which the EMAs average and the term '
-         'applies (before it they follow the last values)'),
-    Flag('CR', 0.0, NONNEGATIVE, "consistency regularisation weight: lambda * (D(x) - "
-         "D(T(x)))^2 on real images"),
-    Flag('CR_augment', 'flip,translation', augment_policy, 'consistency regularisation: '
-         'the transform T, a comma list of flip, translation, color, cutout'),
     Flag('truncation_style', 'resample', str, 'how sample.py --truncation t draws z: '
          'resample (the paper: N(0, 1) with every |z_i| > t redrawn) or scaled (TF-Hub and '
          'Hugging Face BigGAN: t times N(0, 1) redrawn outside +-2)',
-         choices=('resample', 'scaled')),
+         choices=('resample', 'scaled'), in_name=False),
 ]
 
 SAMPLE_FLAGS = [
@@ -299,6 +294,21 @@ INVOCATION_KEYS = {'base_root', 'data_root', 'weights_root', 'logs_root', 'sampl
 # ----------------------------------------------------------------------------------------
 
 
+def all_flags() -> list[Flag]:
+    """FLAGS plus the flags of the objectives registered in train_fns.py (and anywhere else
+    imported before parsing), with --loss's choices the registered losses."""
+    import objectives
+    import train_fns  # noqa: F401  (registers the objectives)
+    losses = tuple(objectives.LOSSES)
+    flags = [replace(f, choices=losses) if f.name == 'loss' else f for f in FLAGS]
+    taken = {f.name for f in flags}
+    extra = objectives.objective_flags()
+    clash = [f.name for f in extra if f.name in taken]
+    if clash:
+        raise ValueError(f'objective flags {", ".join(clash)} are already flags of train.py')
+    return flags + extra
+
+
 def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag], defaults: bool) -> None:
     """Add flags with their defaults, or (defaults=False) with none: then only the flags
     typed on the command line appear in the parsed namespace."""
@@ -319,7 +329,7 @@ def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag], defaults: boo
 def prepare_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """The training parser: every 2019 flag with its 2019 default (see _add_flags)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, description='Train a BigGAN.')
-    _add_flags(parser, FLAGS, defaults)
+    _add_flags(parser, all_flags(), defaults)
     return parser
 
 
@@ -366,7 +376,7 @@ def run_cli(main: Callable[[], Any], script: str) -> int:
 
 def config_keys() -> set[str]:
     """Every key a run config may hold."""
-    return {f.key for f in FLAGS + SAMPLE_FLAGS} | DERIVED_KEYS
+    return {f.key for f in all_flags() + SAMPLE_FLAGS} | DERIVED_KEYS
 
 
 def legacy_precision_note(config: dict) -> Optional[str]:
@@ -419,70 +429,3 @@ def inception_args(config: dict) -> tuple[str, str, Optional[str]]:
     order inception_utils.check_inception_ready and prepare_inception_metrics take them."""
     return (config.get('moments_path', ''), config['inception'],
             config['inception_weights'] or None)
-
-
-# ----------------------------------------------------------------------------------------
-# Run names
-# ----------------------------------------------------------------------------------------
-
-
-def name_from_config(config: dict) -> str:
-    """The 2019 experiment name derived from the config, so runs the 2019 code named are
-    found (and resumed) under the same folder names."""
-    c = config
-    parts = [
-        f"Big{c['which_train_fn']}", dataset_label(c['dataset']),
-        c['model'] if c['model'] != 'BigGAN' else None,
-        f"seed{c['seed']}", f"Gch{c['G_ch']}", f"Dch{c['D_ch']}",
-        f"Gd{c['G_depth']}" if c['G_depth'] > 1 else None,
-        f"Dd{c['D_depth']}" if c['D_depth'] > 1 else None,
-        f"bs{c['batch_size']}",
-        'Gfp16' if c['G_fp16'] else None, 'Dfp16' if c['D_fp16'] else None,
-        f"nDs{c['num_D_steps']}" if c['num_D_steps'] > 1 else None,
-        f"nDa{c['num_D_accumulations']}" if c['num_D_accumulations'] > 1 else None,
-        f"nGa{c['num_G_accumulations']}" if c['num_G_accumulations'] > 1 else None,
-        f"Glr{c['G_lr']:2.1e}", f"Dlr{c['D_lr']:2.1e}",
-        f"GB{c['G_B1']:3.3f}" if c['G_B1'] else None,
-        f"GBB{c['G_B2']:3.3f}" if c['G_B2'] != 0.999 else None,
-        f"DB{c['D_B1']:3.3f}" if c['D_B1'] else None,
-        f"DBB{c['D_B2']:3.3f}" if c['D_B2'] != 0.999 else None,
-        f"Gnl{c['G_nl']}", f"Dnl{c['D_nl']}", f"Ginit{c['G_init']}", f"Dinit{c['D_init']}",
-        f"G{c['G_param']}" if c['G_param'] != 'SN' else None,
-        f"D{c['D_param']}" if c['D_param'] != 'SN' else None,
-        f"Gattn{c['G_attn']}" if c['G_attn'] != '0' else None,
-        f"Dattn{c['D_attn']}" if c['D_attn'] != '0' else None,
-        f"Gortho{c['G_ortho']:2.1e}" if c['G_ortho'] > 0 else None,
-        f"Dortho{c['D_ortho']:2.1e}" if c['D_ortho'] > 0 else None,
-        c['norm_style'] if c['norm_style'] != 'bn' else None,
-        'cr' if c['cross_replica'] else None, 'Gshared' if c['G_shared'] else None,
-        'hier' if c['hier'] else None, 'ema' if c['ema'] else None,
-        c['name_suffix'] or None,
-    ]
-    name = '_'.join(p for p in parts if p is not None)
-    return hashname(name) if c['hashname'] else name
-
-
-def dataset_label(dataset: str) -> str:
-    """The dataset's part of a run name: a 2019 name as is, a path by its last component
-    (without .hdf5), so the name never holds a path separator."""
-    if os.sep not in dataset and '/' not in dataset and not dataset.endswith(('.hdf5', '.h5')):
-        return dataset
-    name = os.path.basename(os.path.normpath(dataset))
-    return name.rsplit('.', 1)[0] if name.endswith(('.hdf5', '.h5')) else name
-
-
-_ADJECTIVES = ('amber azure bold brave calm clever crisp dapper eager fancy fuzzy gentle '
-               'glossy grand happy hardy jolly keen lively lucky mellow merry nimble noble '
-               'plucky polite proud quick quiet rapid rustic shiny silent sleek smart snowy '
-               'spry stout sunny swift tidy vivid warm wild wise witty zesty').split()
-_ANIMALS = ('badger beaver bison camel cobra condor cougar coyote crane dingo eagle falcon '
-            'ferret gecko gibbon heron hyena ibex iguana jackal koala lemur llama lynx marmot '
-            'moose newt ocelot otter panda parrot puffin quokka rabbit raven salmon seal '
-            'shrew sloth stork tapir tiger toucan walrus wombat yak zebra').split()
-
-
-def hashname(name: str) -> str:
-    """Three words from a stable hash of the name (2019's used the per-process hash())."""
-    h = int(hashlib.sha256(name.encode()).hexdigest(), 16)
-    a = _ADJECTIVES
-    return f'{a[h % len(a)]}_{a[(h // len(a)) % len(a)]}_{_ANIMALS[(h >> 64) % len(_ANIMALS)]}'

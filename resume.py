@@ -34,11 +34,11 @@ from flags import (
     INVOCATION_KEYS,
     config_keys,
     flag_line,
-    name_from_config,
     prepare_parser,
     read_run_config,
     update_config_roots,
 )
+from run_names import name_from_config
 
 if TYPE_CHECKING:  # type hints only: the training step is not needed to load a run
     import train_fns
@@ -56,7 +56,7 @@ def resumed_config(config: dict, given: Optional[dict]) -> dict:
     if given is None:
         return config
     update_config_roots(config)
-    name = config['experiment_name'] or name_from_config(config)
+    name = config['experiment_name'] or derived_run_name(config)
     run_dir = os.path.join(config['weights_root'], name)
     if not os.path.isdir(run_dir):
         return config  # load_weights says which folder is missing
@@ -71,6 +71,19 @@ def resumed_config(config: dict, given: Optional[dict]) -> dict:
                   f'{saved[key]!r})')
     return {**config, **{k: v for k, v in saved.items() if k not in given},
             'experiment_name': name}
+
+
+def derived_run_name(config: dict) -> str:
+    """The derived name of the run to resume: today's rule, or, where only that folder exists,
+    the name this code gave runs before post-2019 flags joined run names."""
+    name, legacy = name_from_config(config), name_from_config(config, legacy=True)
+    root = config['weights_root']
+    if (legacy != name and not os.path.isdir(os.path.join(root, name))
+            and os.path.isdir(os.path.join(root, legacy))):
+        print(f'--resume: no run folder {name}; resuming {legacy}, the name runs got before '
+              f'post-2019 flags (--loss, --amp, --LC, ...) joined run names')
+        return legacy
+    return name
 
 
 def run_has_checkpoint(run_dir: str, suffix: Optional[str] = None) -> bool:

@@ -93,8 +93,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser.add_argument('--weights', default='' if defaults else argparse.SUPPRESS,
                         help='run folder or G*.pth file to load (instead of finding the run '
                         'by --experiment_name / training flags)')
-    names = {f.name for f in utils.FLAGS + utils.SAMPLE_FLAGS}
-    for f in utils.FLAGS:
+    train_flags = utils.all_flags()
+    names = {f.name for f in train_flags + utils.SAMPLE_FLAGS}
+    for f in train_flags:
         if f.type == utils.SWITCH and f'no_{f.name}' not in names:
             parser.add_argument(f'--no_{f.name}', dest=f.key, action='store_false',
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)

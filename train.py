@@ -5,9 +5,10 @@
     torchrun --nproc_per_node=8 train.py <the same flags>      # DDP, one process per GPU
 
 `run` reads top to bottom: config and checks -> models, optimizers, EMA -> resume or
-fine-tune (resume.py) -> parallel wrappers -> data -> the training step
-(train_fns.GAN_training_function) -> the loop, which calls train_fns.AfterStep for logging,
-saving/sampling (--save_every) and IS/FID tests (--test_every). Runs live in
+fine-tune (resume.py) -> the objectives (train_fns.py) and augmentation -> parallel wrappers
+-> data -> the training step (train_fns.GAN_training_function) -> `loop`, which calls
+train_fns.AfterStep for logging, saving/sampling (--save_every) and IS/FID tests
+(--test_every). Runs live in
 <weights_root>/<experiment_name>/ and are found again by their name (--resume). One process
 writes a run folder at a time (run_lock.py): a second train.py on the same run is refused at
 start, naming the first.
@@ -34,8 +35,9 @@ import resume
 import run_lock
 import train_fns
 import utils
-from BigGAN import G_D
-from small_data import SmallData
+from BigGAN import G_D, D_pass
+from objectives import Objectives
+from small_data import Augmentation
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -213,28 +215,46 @@ def lock_run_folder(config: dict, is_main: bool, world_size: int
 
 
 def wrap_parallel(nets: train_fns.Nets, config: dict, device: torch.device, world_size: int,
-                  small: Optional[SmallData] = None
-                  ) -> tuple[nn.Module, Optional[nn.Module], Optional[nn.Module]]:
-    """(G_D of the nets, DDP-wrapped under torchrun; DataParallel with --parallel on several
-    GPUs; compiled with --compile), and the DDP wrappers of G and D (None without DDP).
-    `small` gives G_D its DiffAugment and CR transforms."""
-    make_GD = functools.partial(G_D, augment=small and small.augment,
-                                cr_transform=small and small.cr_transform)
-    G_ddp = D_ddp = None
+                  augment: Optional[Augmentation] = None,
+                  objectives: Optional[Objectives] = None
+                  ) -> tuple[train_fns.Passes, Optional[nn.Module], Optional[nn.Module]]:
+    """The step's passes (train_fns.Passes: G's fakes for the D step, D's pass, G then D) and
+    the DDP wrappers of G and D (None without DDP). Under torchrun G and D are DDP-wrapped
+    each, and each pass uses the wrapper of the net it trains; with --parallel on several GPUs
+    each pass is a DataParallel; with --compile each is compiled, except D's pass when a
+    gradient penalty needs its double backward (torch.compile has none)."""
+    G, D, G_ddp, D_ddp = nets.G, nets.D, None, None
     if world_size > 1:
         if config['cross_replica']:
-            layers.use_sync_batchnorm(nets.G)
+            layers.use_sync_batchnorm(G)
         ids = [device.index] if device.type == 'cuda' else None
-        G_ddp = nn.parallel.DistributedDataParallel(nets.G, device_ids=ids)
-        D_ddp = nn.parallel.DistributedDataParallel(nets.D, device_ids=ids)
-        GD = make_GD(G_ddp, D_ddp)
-    else:
-        GD = make_GD(nets.G, nets.D)
-        if config['parallel'] and torch.cuda.device_count() > 1:
-            GD = nn.DataParallel(GD)
+        G_ddp = nn.parallel.DistributedDataParallel(G, device_ids=ids)
+        D_ddp = nn.parallel.DistributedDataParallel(D, device_ids=ids)
+    split_D = config['split_D']
+    passes = train_fns.Passes(G, D_pass(D_ddp or D, augment=augment, split_D=split_D),
+                              G_D(G_ddp or G, D, augment=augment, split_D=split_D))
+    if world_size == 1 and config['parallel'] and torch.cuda.device_count() > 1:
+        passes = train_fns.Passes(*(nn.DataParallel(m) for m in vars(passes).values()))
     if config['compile']:
-        GD = torch.compile(GD, mode=config.get('compile_mode', 'default'))
-    return GD, G_ddp, D_ddp
+        compiled = functools.partial(torch.compile, mode=config.get('compile_mode', 'default'))
+        double_backward = objectives is not None and any(o.grad_of for o in objectives.all)
+        passes = train_fns.Passes(compiled(passes.G), passes.D_pass if double_backward
+                                  else compiled(passes.D_pass), compiled(passes.G_D))
+    return passes, G_ddp, D_ddp
+
+
+def build_objectives(config: dict, device: torch.device, saved: dict, *, rank: int,
+                     world_size: int) -> tuple[Objectives, Optional[Augmentation]]:
+    """The run's objectives (train_fns.py) and augmentation, with the state a checkpoint saved
+    (checkpoints from before objectives were classes kept both under 'small_data')."""
+    objectives = Objectives(config, device, rank=rank, world_size=world_size)
+    augment = Augmentation.from_config(config, device, rank=rank, world_size=world_size)
+    legacy = saved.get('small_data') or {}
+    objectives.load_state_dict(saved.get('objectives')
+                               or ({'LC': legacy['lecam']} if legacy.get('lecam') else {}))
+    if augment is not None:
+        augment.load_state_dict(saved.get('augment') or legacy)
+    return objectives, augment
 
 
 def images_per_itr(config: dict, world_size: int = 1) -> int:
@@ -332,17 +352,16 @@ def train_run(config: dict, rank: int, world_size: int, device: torch.device) ->
     utils.configure_backends(device)
     utils.seed_rng(config['seed'])  # the same initial weights on every rank
 
-    # Create models, optimizers, EMA; resume or fine-tune; wrap for parallelism:
+    # Models, optimizers, EMA; resume or fine-tune; objectives; parallel wrappers:
     nets = build_nets(config, device)
     ema = build_ema(nets, config)
     state_dict = resume.new_state_dict(config)
     precision = train_fns.Precision.from_config(config['amp'], device)
     saved = resume.load_start(nets, state_dict, precision, config, is_main=is_main,
                               world_size=world_size)
-    small = SmallData.from_config(config, device, rank=rank, world_size=world_size)
-    if small is not None and saved.get('small_data'):  # DiffAugment's p, LeCam's EMAs
-        small.load_state_dict(saved['small_data'])
-    GD, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size, small)
+    objectives, augment = build_objectives(config, device, saved, rank=rank,
+                                           world_size=world_size)
+    passes, G_ddp, D_ddp = wrap_parallel(nets, config, device, world_size, augment, objectives)
 
     # Data; the training step; what runs after it (rank 0 opens the logs now, and a new run
     # writes its config.json):
@@ -350,19 +369,27 @@ def train_run(config: dict, rank: int, world_size: int, device: torch.device) ->
     latents = utils.Latents(train_fns.latent_batch_size(config), nets.G.dim_z,
                             config['n_classes'], device, z_var=config['z_var'], rank=rank,
                             world_size=world_size)
-    train = train_fns.GAN_training_function(nets, GD, state_dict, config, latents=latents,
-                                            ema=ema, precision=precision, G_ddp=G_ddp,
-                                            D_ddp=D_ddp, small_data=small)
+    train = train_fns.GAN_training_function(
+        nets, passes, state_dict, config, latents=latents, objectives=objectives,
+        augment=augment, ema=ema, precision=precision, G_ddp=G_ddp, D_ddp=D_ddp)
     after_step = train_fns.AfterStep(nets, state_dict, config, precision=precision,
                                      latents=latents, is_main=is_main, resumed=bool(saved),
                                      get_inception_metrics=inception_metrics(config, device),
-                                     small_data=small,
+                                     objectives=objectives, augment=augment,
                                      subset=getattr(loader.dataset, 'indices', None))
-
-    # Train:
-    stop = install_stop_handlers()
+    if is_main:
+        print(f'Objective: {objectives.describe()}')
     if 'rng' in saved:
         utils.set_rng_state(saved['rng'])
+    return loop(train, after_step, loader, nets, state_dict, config, device,
+                world_size=world_size, is_main=is_main)
+
+
+def loop(train: Callable, after_step: train_fns.AfterStep, loader, nets: train_fns.Nets,
+         state_dict: dict, config: dict, device: torch.device, *, world_size: int,
+         is_main: bool) -> dict:
+    """Train until --num_epochs (or a stop signal), then save; returns the state_dict."""
+    stop = install_stop_handlers()
     multiepoch = config['use_multiepoch_sampler']
     itrs_per_epoch = max(len(loader.dataset) // images_per_itr(config, world_size), 1)
     if is_main:

@@ -1,28 +1,55 @@
-"""The GAN objective and training step, plus periodic saving/sampling and testing.
+"""The GAN objectives and the training step: the file to edit to try a new objective.
 
-This is the file to edit to try a new objective: losses are small functions registered in
-LOSSES, and `GAN_training_function` is the whole iteration (D steps, then one G step).
-`Nets` bundles what a checkpoint holds; `AfterStep` is everything train.py's loop does
-between iterations (logs, saves with sample sheets, IS/FID tests): add a periodic task there.
+An objective is one class here, registered by name (objectives.py says what it is handed):
+
+    @register
+    class LSGAN(Loss):                      # --loss lsgan
+        name = 'lsgan'
+        def D_terms(self, b):               # b.D_real, b.D_fake: D's outputs [B, 1], fp32
+            return {'D_loss_real': (b.D_real - 1).pow(2).mean(),
+                    'D_loss_fake': (b.D_fake + 1).pow(2).mean()}
+        def G_terms(self, b):
+            return {'G_loss': b.D_fake.pow(2).mean()}
+
+A `Regulariser` owns its flags (the first is its weight: on when not 0) and composes with any
+loss: `--LC`, `--CR`, `--R1`, `--R2` below. The step (`GAN_training_function`) sums, backprops
+and logs each objective's terms; checkpoints keep each objective's state; logs/plot_logs.py
+draws every logged term. README "Add an objective" has a worked example.
+
+What the loop does between iterations (saving with sample sheets, IS/FID tests) is in
+train_loop.py; `save_and_sample` and `test` are importable from here under their 2019 names.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import metrics
+import diffaug
 import utils
-from small_data import LeCamEMA, SmallData
+from BigGAN import G_D, unwrap
+from flags import COUNT, NONNEGATIVE, POSITIVE_INT, Flag, augment_policy, bounded
+from objectives import Batch, Loss, Objective, Objectives, Regulariser, register, total
+from small_data import Augmentation, own_draws
+from train_loop import (  # noqa: F401  (train.py, sample.py and 2019 code import these here)
+    AfterStep,
+    G_batch_size,
+    Nets,
+    Precision,
+    backward,
+    check_finite,
+    latent_batch_size,
+    optimizer_step,
+    save_and_sample,
+    sync_unless_last,
+    test,
+)
 
 # ----------------------------------------------------------------------------------------
-# Losses
+# Adversarial losses (--loss)
 # ----------------------------------------------------------------------------------------
 
 
@@ -48,89 +75,177 @@ def loss_dcgan_gen(D_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-D_fake).mean()
 
 
-LOSSES = {'hinge': (loss_hinge_dis, loss_hinge_gen), 'dcgan': (loss_dcgan_dis, loss_dcgan_gen)}
+@register
+class Hinge(Loss):
+    """Hinge loss, BigGAN's (the default)."""
+    name = 'hinge'
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        real, fake = loss_hinge_dis(b.D_fake, b.D_real)
+        return {'D_loss_real': real, 'D_loss_fake': fake}
+
+    def G_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'G_loss': loss_hinge_gen(b.D_fake)}
 
 
-# Regularisers of D for small data (--LC, --CR; small_data.py keeps their state).
+@register
+class DCGAN(Loss):
+    """Non-saturating loss (Goodfellow et al. 2014) via softplus."""
+    name = 'dcgan'
 
-def lecam_penalty(D_real: torch.Tensor, D_fake: torch.Tensor, ema: LeCamEMA) -> torch.Tensor:
-    """LeCam (Tseng et al. 2021): D's outputs on reals held near the EMA of its mean output
-    on fakes and vice versa, mean(relu(D_real - ema_fake)^2) + mean(relu(ema_real - D_fake)^2)."""
-    return F.relu(D_real - ema.fake).pow(2).mean() + F.relu(ema.real - D_fake).pow(2).mean()
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        real, fake = loss_dcgan_dis(b.D_fake, b.D_real)
+        return {'D_loss_real': real, 'D_loss_fake': fake}
+
+    def G_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'G_loss': loss_dcgan_gen(b.D_fake)}
 
 
-def consistency_penalty(D_real: torch.Tensor, D_real_T: torch.Tensor) -> torch.Tensor:
-    """Consistency regularisation (Zhang et al. 2020): mean (D(x) - D(T(x)))^2 on reals."""
-    return (D_real - D_real_T).pow(2).mean()
+@register
+class LSGAN(Loss):
+    """Least squares (Mao et al. 2017) with reals high, as in hinge: D pushes D(x) to 1 and
+    D(G(z)) to -1, G pushes D(G(z)) to 0 (targets a=-1, b=1, c=0: the Pearson chi^2 form).
+    google/lecam-gan's loss_ls_* mirror the targets (reals -1, fakes +1), which flips D's sign
+    and so does not combine with --LC; this one does."""
+    name = 'lsgan'
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'D_loss_real': (b.D_real - 1).pow(2).mean(),
+                'D_loss_fake': (b.D_fake + 1).pow(2).mean()}
+
+    def G_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'G_loss': b.D_fake.pow(2).mean()}
 
 
-def small_data_penalties(small: SmallData, outputs: tuple[torch.Tensor, ...], itr: int
-                         ) -> dict[str, torch.Tensor]:
-    """The weighted LeCam / CR terms of one D minibatch, after feeding `small` its outputs
-    (LeCam applies after --LC_start, as in google/lecam-gan)."""
-    D_fake, D_real = outputs[0], outputs[1]
-    small.after_D_minibatch(D_real, D_fake, itr)
-    terms = {}
-    if small.lecam is not None:
-        on = itr > small.lecam.start
-        terms['D_loss_LC'] = small.LC * lecam_penalty(D_real, D_fake, small.lecam) * on
-    if small.CR > 0:
-        terms['D_loss_CR'] = small.CR * consistency_penalty(D_real, outputs[2])
-    return terms
+@register
+class RpGAN(Loss):
+    """Relativistic pairing (Jolicoeur-Martineau 2019), R3GAN's loss (Huang et al. 2024): each
+    fake is judged against the real it is paired with in the minibatch. With --R1 and --R2 it
+    is R3GAN's objective."""
+    name = 'rpgan'
+    G_needs_reals = True
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'D_loss': F.softplus(b.D_fake - b.D_real).mean()}
+
+    def G_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'G_loss': F.softplus(b.D_real - b.D_fake).mean()}
 
 
 # ----------------------------------------------------------------------------------------
-# Mixed precision
+# Regularisers (each on when its first flag is not 0; they compose with any loss)
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Precision:
-    """Autocast settings and (for fp16) one gradient scaler per network."""
-    device_type: str = 'cpu'
-    dtype: Optional[torch.dtype] = None  # None: fp32
-    G_scaler: Optional[torch.amp.GradScaler] = field(default=None)
-    D_scaler: Optional[torch.amp.GradScaler] = field(default=None)
+@register
+class LeCam(Regulariser):
+    """LeCam (Tseng et al. 2021): D's outputs on reals held near the EMA of its mean output on
+    fakes and vice versa, LC * [mean(relu(D_real - ema_fake)^2) + mean(relu(ema_real -
+    D_fake)^2)], from iteration LC_start. Defaults as google/lecam-gan's BigGAN code
+    (`ema_losses`: decay 0.9, start 1000; their StyleGAN2 code uses 0.99). Before the start
+    the EMAs follow the last minibatch (decay 0), as there."""
+    name = 'LeCam'
+    flags = (Flag('LC', 0.0, NONNEGATIVE, "LeCam regularisation weight: D's outputs held near "
+                  "EMAs of the other side's mean outputs"),
+             Flag('LC_decay', 0.9, bounded(float, 0, 1, open_high=True), 'LeCam: decay of the '
+                  "EMAs of D's mean outputs (google/lecam-gan's BigGAN code: 0.9)"),
+             Flag('LC_start', 1000, COUNT, 'LeCam: iteration from which the EMAs average and '
+                  'the term applies (before it they follow the last values)'))
 
-    @classmethod
-    def from_config(cls, amp: str, device: torch.device) -> Precision:
-        """`--amp none|bf16|fp16` on the given device."""
-        dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-        scalers = {}
-        if dtype == torch.float16:  # fp16 overflows without loss scaling; bf16 does not
-            scalers = {k: torch.amp.GradScaler(device.type) for k in ('G_scaler', 'D_scaler')}
-        return cls(device.type, dtype, **scalers)
+    FORK_DECAY = 0.9  # google/lecam-gan biggan_cifar's `ema_losses`
 
-    def autocast(self):
-        """The autocast context of a forward pass (a no-op in fp32)."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+    def setup(self) -> None:
+        self.decay, self.start = self.config['LC_decay'], self.config['LC_start']
+        if self.rank == 0 and self.decay != self.FORK_DECAY:
+            # Runs started before the default became the fork's keep 0.99 when resumed.
+            print(f"LeCam: EMA decay --LC_decay {self.decay:g}; google/lecam-gan's BigGAN code "
+                  f"(the lc-*.sh scripts) uses {self.FORK_DECAY:g}, its StyleGAN2 code 0.99")
+        self.ema_real = torch.zeros((), device=self.device)
+        self.ema_fake = torch.zeros((), device=self.device)
+        self.updates = 0
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        self.update(b.D_real, b.D_fake, b.itr)
+        penalty = (F.relu(b.D_real - self.ema_fake).pow(2).mean()
+                   + F.relu(self.ema_real - b.D_fake).pow(2).mean())
+        return {'D_loss_LC': self.weight * penalty * (b.itr > self.start)}
+
+    def update(self, D_real: torch.Tensor, D_fake: torch.Tensor, itr: int) -> None:
+        """Fold one minibatch's mean outputs into the EMAs (on the device: no host sync); the
+        first value seeds them."""
+        weight = 1.0 - self.decay if itr >= self.start and self.updates > 0 else 1.0
+        self.ema_real.lerp_(D_real.detach().float().mean(), weight)
+        self.ema_fake.lerp_(D_fake.detach().float().mean(), weight)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {'real': float(self.ema_real), 'fake': float(self.ema_fake),
+                'updates': self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema_real.fill_(state['real'])
+        self.ema_fake.fill_(state['fake'])
+        self.updates = state['updates']
 
 
-def _backward(loss: torch.Tensor, scaler) -> None:
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+@register
+class Consistency(Regulariser):
+    """Consistency regularisation (Zhang et al. 2020): CR * mean((D(x) - D(T(x)))^2) on reals,
+    T = --CR_augment, with D(T(x)) from D's one pass."""
+    name = 'CR'
+    flags = (Flag('CR', 0.0, NONNEGATIVE, 'consistency regularisation weight: lambda * (D(x) - '
+                  'D(T(x)))^2 on real images'),
+             Flag('CR_augment', 'flip,translation', augment_policy, 'consistency '
+                  'regularisation: the transform T, a comma list of flip, translation, color, '
+                  'cutout'))
+
+    def setup(self) -> None:
+        self.policy = diffaug.parse_policy(self.config['CR_augment'])
+
+    def views(self, real: torch.Tensor, y_real: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {'real_T': own_draws(lambda: diffaug.augment(real, self.policy), real.device,
+                                    self.rank, self.world_size)}
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        return {'D_loss_CR': self.weight * (b.D_real - b.views['real_T']).pow(2).mean()}
 
 
-def _step(optim: torch.optim.Optimizer, scaler, net: nn.Module, *, ortho_strength: float,
-          blacklist: tuple = ()) -> None:
-    """Optional ortho reg on the (unscaled) gradients, then the optimizer step."""
-    if scaler is not None:
-        scaler.unscale_(optim)
-    if ortho_strength > 0:
-        utils.ortho(net, ortho_strength, blacklist=blacklist)
-    if scaler is not None:
-        scaler.step(optim)
-        scaler.update()
-    else:
-        optim.step()
+REG_EVERY = Flag('reg_every', 1, POSITIVE_INT, '--R1/--R2: compute the penalties every N '
+                 'iterations with weight x N (lazy regularisation; StyleGAN2 uses 16)')
 
 
-def _sync_unless_last(net: nn.Module, index: int, count: int):
-    """DDP: all-reduce gradients only on the last accumulated minibatch."""
-    if index < count - 1 and hasattr(net, 'no_sync'):
-        return net.no_sync()
-    return contextlib.nullcontext()
+@register
+class R1(Regulariser):
+    """R1 (Mescheder et al. 2018): gamma/2 * E||grad_x D(x)||^2 on reals (zero-centred), the
+    gradient taken w.r.t. the reals before augmentation, as StyleGAN2-ADA does."""
+    name = 'R1'
+    flags = (Flag('R1', 0.0, NONNEGATIVE, 'R1 penalty weight gamma: gamma/2 E|grad D(x)|^2 on '
+                  'real images'), REG_EVERY)
+    grad_of = ('real',)
+
+    def setup(self) -> None:
+        self.every = self.config['reg_every']
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        grad = b.grad(b.D_real, b.real)  # [B, 3, R, R]
+        return {'D_loss_R1': self.weight / 2 * grad.square().sum([1, 2, 3]).mean()}
+
+
+@register
+class R2(Regulariser):
+    """R2 (Mescheder et al. 2018; R3GAN): R1's penalty on the fakes, gamma/2 * E||grad_x
+    D(G(z))||^2, G's output taken as given."""
+    name = 'R2'
+    flags = (Flag('R2', 0.0, NONNEGATIVE, 'R2 penalty weight gamma: gamma/2 E|grad D(G(z))|^2 '
+                  'on generated images'), REG_EVERY)
+    grad_of = ('fake',)
+
+    def setup(self) -> None:
+        self.every = self.config['reg_every']
+
+    def D_terms(self, b: Batch) -> dict[str, torch.Tensor]:
+        grad = b.grad(b.D_fake, b.fake)  # [B, 3, R, R]
+        return {'D_loss_R2': self.weight / 2 * grad.square().sum([1, 2, 3]).mean()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -139,362 +254,185 @@ def _sync_unless_last(net: nn.Module, index: int, count: int):
 
 
 @dataclass
-class Nets:
-    """G, D, the EMA copy of G and the two optimizers: what a checkpoint holds."""
+class Passes:
+    """The forward passes of a step, each wrapped by train.py for DDP/DataParallel/compile:
+    G making the D step's fakes (run without a graph), D on everything it sees in the D step
+    (`BigGAN.D_pass`, augmenting), and G then D in the G step (`BigGAN.G_D`)."""
     G: nn.Module
-    D: nn.Module
-    G_ema: Optional[nn.Module]
-    G_optim: torch.optim.Optimizer
-    D_optim: torch.optim.Optimizer
+    D_pass: nn.Module
+    G_D: nn.Module
 
-    def sampling_G(self, config: dict) -> nn.Module:
-        """The G to sample and test with: the EMA copy with --ema --use_ema, else G."""
-        use_ema = config['ema'] and config['use_ema'] and self.G_ema is not None
-        return self.G_ema if use_ema else self.G
-
-    def train(self, mode: bool = True) -> None:
-        """Training (or eval) mode for G, D and G_ema."""
-        for net in (self.G, self.D, self.G_ema):
-            if net is not None:
-                net.train(mode)
-
-    @contextlib.contextmanager
-    def sampling_mode(self, eval_mode: bool):
-        """G and G_ema in eval mode inside the block if `eval_mode` (--G_eval_mode)."""
-        nets = [net for net in (self.G, self.G_ema) if net is not None and eval_mode]
-        for net in nets:
-            net.eval()
-        yield
-        for net in nets:
-            net.train()
-
-    def save(self, state_dict: dict, config: dict, *, name_suffix: Optional[str] = None,
-             extra: Optional[dict] = None, also_as: tuple[str, ...] = ()) -> str:
-        """Write the whole set to the run folder (see utils.save_weights)."""
-        return utils.save_weights(self.G, self.D, state_dict, config['weights_root'],
-                                  config['experiment_name'], name_suffix=name_suffix,
-                                  G_ema=self.G_ema if config['ema'] else None,
-                                  G_optim=self.G_optim, D_optim=self.D_optim, extra=extra,
-                                  also_as=also_as)
+    @classmethod
+    def of(cls, GD: G_D, G: Optional[nn.Module] = None) -> Passes:
+        """The passes of one plain G_D (G defaults to the G_D's)."""
+        return cls(G if G is not None else unwrap(GD.G), GD.D_pass, GD)
 
 
-def G_batch_size(config: dict) -> int:
-    """G's batch in the G step and in sampling: --G_batch_size, or --batch_size if 0."""
-    return config['G_batch_size'] or config['batch_size']
+def collect_terms(due: list[Objective], b: Batch, side: str, latest: dict
+                  ) -> tuple[dict, dict, dict]:
+    """(loss terms, regulariser terms, terms to log) of the due objectives on one minibatch.
+    Lazy objectives' terms are weighted by their interval for the loss, and logged without it
+    through `latest` (their last value, logged until they are next computed)."""
+    loss_terms, reg_terms, logged = {}, {}, {}
+    for o in due:
+        terms = o.D_terms(b) if side == 'D' else o.G_terms(b)
+        clash = terms.keys() & (logged.keys() | loss_terms.keys() | reg_terms.keys())
+        if clash:
+            raise ValueError(f'{type(o).__name__} logs {", ".join(sorted(clash))}, which another '
+                             f'objective of this run logs too: give its terms other names')
+        if o.every > 1:
+            latest.update({k: v.detach() for k, v in terms.items()})
+            terms = {k: v * o.every for k, v in terms.items()}
+        else:
+            logged.update(terms)
+        (loss_terms if isinstance(o, Loss) else reg_terms).update(terms)
+    return loss_terms, reg_terms, logged
 
 
-def latent_batch_size(config: dict) -> int:
-    """Latent rows an iteration draws per minibatch: D's batch_size fakes and G's
-    G_batch_size, whichever is larger (as 2019 drew them)."""
-    return max(G_batch_size(config), config['batch_size'])
+def detached(b: Batch) -> Batch:
+    """A minibatch's D outputs without their graph (G's loss read off a D step)."""
+    return Batch(b.fake.detach(), b.y_fake, b.D_fake.detach(),
+                 None if b.real is None else b.real.detach(), b.y_real,
+                 None if b.D_real is None else b.D_real.detach(), itr=b.itr)
 
 
-def GAN_training_function(nets: Nets, GD: nn.Module, state_dict: dict, config: dict, *,
-                          latents: utils.Latents, ema: Optional[utils.ema] = None,
-                          precision: Optional[Precision] = None,
-                          G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None,
-                          small_data: Optional[SmallData] = None) -> Callable:
-    """Build `train(x, y) -> losses`: one BigGAN iteration, num_D_steps D steps of
-    num_D_accumulations minibatches, then one G step of num_G_accumulations (none in the first
-    D_warmup iterations), then the EMA.
+class GANStep:
+    """One BigGAN iteration: num_D_steps D steps of num_D_accumulations minibatches, then one
+    G step of num_G_accumulations (none in the first D_warmup iterations), then the EMA."""
+
+    def __init__(self, nets: Nets, passes: Passes, state_dict: dict, config: dict, *,
+                 latents: utils.Latents, objectives: Objectives,
+                 augment: Optional[Augmentation], ema: Optional[utils.ema],
+                 precision: Precision, G_ddp: Optional[nn.Module], D_ddp: Optional[nn.Module]):
+        self.nets, self.passes, self.state_dict, self.config = nets, passes, state_dict, config
+        self.latents, self.objectives, self.augment, self.ema = latents, objectives, augment, ema
+        self.precision, self.G_ddp, self.D_ddp = precision, G_ddp, D_ddp
+        self.shared_params = tuple(nets.G.shared.parameters())  # no ortho reg on embeddings
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Train on one iteration's reals; returns the losses to log (detached: no sync)."""
+        itr, config = self.state_dict['itr'], self.config
+        due = self.objectives.due(itr)
+        bs = config['batch_size']
+        reals = list(zip(torch.split(x, bs), torch.split(y, bs)))  # one per D minibatch
+        D_batch, logged = self.D_step(reals, itr, due)
+        if itr <= config.get('D_warmup', 0):
+            # D only: a fresh D learns a loaded G's fakes before G follows its gradients. G's
+            # loss is read off the last D minibatch (no extra forward).
+            logged.update(self.objectives.loss.G_terms(detached(D_batch)))
+        else:
+            logged.update(self.G_step(x, y, itr, due))
+        if self.ema is not None:
+            self.ema.update(itr)
+        if self.augment is not None:
+            self.augment.after_iteration(itr)
+        return self.log_values(logged, D_batch, itr)
+
+    def D_step(self, reals: list, itr: int, due: list[Objective]) -> tuple[Batch, dict]:
+        """num_D_steps steps of D; returns the last minibatch and its terms."""
+        config, D, D_optim = self.config, self.nets.D, self.nets.D_optim
+        if config['toggle_grads']:
+            utils.toggle_grad(D, True)
+            utils.toggle_grad(self.nets.G, False)
+        n_acc, minibatches = config['num_D_accumulations'], iter(reals)
+        for _ in range(config['num_D_steps']):
+            D_optim.zero_grad(set_to_none=True)
+            for acc in range(n_acc):
+                with sync_unless_last(self.D_ddp, acc, n_acc):
+                    with self.precision.autocast():
+                        b = self.D_minibatch(*next(minibatches), itr, due)
+                        loss_terms, reg_terms, logged = collect_terms(
+                            due, b, 'D', self.objectives.latest)
+                        D_loss = (total(loss_terms) + total(reg_terms)) / n_acc
+                    backward(D_loss, self.precision.D_scaler)
+            optimizer_step(D_optim, self.precision.D_scaler, D,
+                           ortho_strength=config['D_ortho'])
+        return b, logged
+
+    def D_minibatch(self, real: torch.Tensor, y_real: torch.Tensor, itr: int,
+                    due: list[Objective]) -> Batch:
+        """D's outputs on batch_size fakes, the reals and any views, from one D pass."""
+        z, y = (t[:self.config['batch_size']] for t in self.latents.sample_())
+        G = self.passes.G
+        with torch.no_grad():
+            fake = G(z, unwrap(G).shared(y))
+        grad_of = {name for o in due for name in o.grad_of}
+        if 'fake' in grad_of:
+            fake.requires_grad_(True)
+        if 'real' in grad_of:
+            real = real.detach().requires_grad_(True)
+        views = {k: v for o in due for k, v in o.views(real, y_real).items()}
+        outputs = self.passes.D_pass([fake, real, *views.values()],
+                                     [y, y_real, *[y_real] * len(views)])
+        D_fake, D_real, *D_views = (o.float() for o in outputs)
+        if self.augment is not None:
+            self.augment.observe(D_real)  # the adaptive p follows D's outputs on reals
+        return Batch(fake, y, D_fake, real, y_real, D_real, dict(zip(views, D_views)), itr)
+
+    def G_step(self, x: torch.Tensor, y: torch.Tensor, itr: int, due: list[Objective]) -> dict:
+        """One G step of num_G_accumulations minibatches; returns the last one's terms."""
+        config, G, n_acc = self.config, self.nets.G, self.config['num_G_accumulations']
+        if config['toggle_grads']:
+            utils.toggle_grad(self.nets.D, False)
+            utils.toggle_grad(G, True)
+        self.nets.G_optim.zero_grad(set_to_none=True)
+        for acc in range(n_acc):
+            with sync_unless_last(self.G_ddp, acc, n_acc):
+                with self.precision.autocast():
+                    b = self.G_minibatch(x, y, acc, itr)
+                    loss_terms, reg_terms, logged = collect_terms(
+                        due, b, 'G', self.objectives.latest)
+                    G_loss = (total(loss_terms) + total(reg_terms)) / n_acc
+                backward(G_loss, self.precision.G_scaler)
+        optimizer_step(self.nets.G_optim, self.precision.G_scaler, G,
+                       ortho_strength=config['G_ortho'], blacklist=self.shared_params)
+        return logged
+
+    def G_minibatch(self, x: torch.Tensor, y: torch.Tensor, index: int, itr: int) -> Batch:
+        """D's outputs on G_batch_size fakes (and, for a relativistic loss, as many reals of
+        this iteration, taken in turn) from one pass of G then D."""
+        G_bs = G_batch_size(self.config)
+        z, y_fake = (t[:G_bs] for t in self.latents.sample_())
+        real = y_real = None
+        if self.objectives.loss.G_needs_reals:
+            rows = (index * G_bs + torch.arange(G_bs, device=x.device)) % x.shape[0]
+            real, y_real = x[rows], y[rows]
+        fake, outputs = self.passes.G_D(z, y_fake, *(([real], [y_real]) if real is not None
+                                                      else ()))
+        D_fake, *D_real = (o.float() for o in outputs)
+        return Batch(fake, y_fake, D_fake, real, y_real, D_real[0] if D_real else None,
+                     itr=itr)
+
+    def log_values(self, logged: dict, b: Batch, itr: int) -> dict[str, torch.Tensor]:
+        """The terms of the last minibatches (lazy ones: their last value), D's mean outputs,
+        the objectives' and augmentation's scalars; detached."""
+        # D's mean outputs show overfitting (reals drifting up, fakes down) beside the losses.
+        values = {**{k: v.detach() for k, v in logged.items()}, **self.objectives.latest,
+                  'D_real': b.D_real.detach().mean(), 'D_fake': b.D_fake.detach().mean()}
+        for o in self.objectives.all:
+            values.update(o.log())
+        if self.augment is not None:
+            values.update(self.augment.log_values(itr))
+        return values
+
+
+def GAN_training_function(nets: Nets, GD: Union[G_D, Passes], state_dict: dict, config: dict, *,
+                          latents: utils.Latents, objectives: Optional[Objectives] = None,
+                          augment: Optional[Augmentation] = None,
+                          ema: Optional[utils.ema] = None, precision: Optional[Precision] = None,
+                          G_ddp: Optional[nn.Module] = None, D_ddp: Optional[nn.Module] = None
+                          ) -> Callable:
+    """Build `train(x, y) -> losses`: one iteration (GANStep) of the run's objectives.
 
     `x`, `y` hold batch_size * num_D_steps * num_D_accumulations real images and labels.
     `latents` draws `latent_batch_size(config)` rows: each D minibatch pits batch_size fakes
-    against batch_size reals (as in 2019), each G minibatch has G_batch_size.
-    Losses come back as detached tensors, so the step never waits for the device.
-    G_ddp / D_ddp are the DDP wrappers (if any) whose `no_sync` skips the all-reduce of
-    all but the last accumulated minibatch. `small_data` adds the LeCam and CR terms to D's
-    loss and adapts DiffAugment's p (GD applies the augmentation itself).
+    against batch_size reals (as in 2019), each G minibatch has G_batch_size. `GD` is a plain
+    G_D, or the Passes train.py wrapped for DDP/DataParallel/compile; G_ddp / D_ddp are the
+    DDP wrappers (if any) whose `no_sync` skips the all-reduce of all but the last
+    accumulated minibatch. `objectives` defaults to those the config names.
     """
-    G, D, G_optim, D_optim = nets.G, nets.D, nets.G_optim, nets.D_optim
-    precision = precision or Precision()
-    loss_dis, loss_gen = LOSSES[config.get('loss', 'hinge')]
-    bs = config['batch_size']
-    G_bs = G_batch_size(config)
-    shared_params = tuple(G.shared.parameters())  # ortho reg makes no sense on embeddings
-    consistency = small_data is not None and small_data.CR > 0
-
-    def train(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, y = torch.split(x, bs), torch.split(y, bs)
-        counter = 0
-        if config['toggle_grads']:
-            utils.toggle_grad(D, True)
-            utils.toggle_grad(G, False)
-        for _ in range(config['num_D_steps']):
-            D_optim.zero_grad(set_to_none=True)
-            for acc in range(config['num_D_accumulations']):
-                z_, y_ = latents.sample_()
-                with _sync_unless_last(D_ddp, acc, config['num_D_accumulations']):
-                    with precision.autocast():
-                        outputs = tuple(o.float() for o in GD(
-                            z_[:bs], y_[:bs], x[counter], y[counter], train_G=False,
-                            split_D=config['split_D'], consistency=consistency))
-                        D_fake, D_real = outputs[:2]
-                        D_loss_real, D_loss_fake = loss_dis(D_fake, D_real)
-                        terms = (small_data_penalties(small_data, outputs, state_dict['itr'])
-                                 if small_data is not None else {})
-                        D_loss = ((D_loss_real + D_loss_fake + sum(terms.values()))
-                                  / config['num_D_accumulations'])
-                    _backward(D_loss, precision.D_scaler)
-                counter += 1
-            _step(D_optim, precision.D_scaler, D, ortho_strength=config['D_ortho'])
-
-        if state_dict['itr'] <= config.get('D_warmup', 0):
-            # D only: a fresh D learns a loaded G's fakes before G follows its gradients.
-            # G's loss is read off the last D minibatch's fakes (no extra forward).
-            G_loss = loss_gen(D_fake.detach().float()) / config['num_G_accumulations']
-        else:
-            G_loss = G_step()
-        if ema is not None:
-            ema.update(state_dict['itr'])
-        # D's mean outputs show overfitting (reals drifting up, fakes down) beside the losses.
-        losses = {'G_loss': G_loss.detach() * config['num_G_accumulations'],
-                  'D_loss_real': D_loss_real.detach(), 'D_loss_fake': D_loss_fake.detach(),
-                  'D_real': D_real.detach().mean(), 'D_fake': D_fake.detach().mean()}
-        if small_data is not None:
-            small_data.after_iteration(state_dict['itr'])
-            losses.update({k: v.detach() for k, v in terms.items()},
-                          **small_data.log_values(state_dict['itr']))
-        return losses
-
-    def G_step() -> torch.Tensor:
-        """One G step of num_G_accumulations minibatches; returns the last one's loss."""
-        if config['toggle_grads']:
-            utils.toggle_grad(D, False)
-            utils.toggle_grad(G, True)
-        G_optim.zero_grad(set_to_none=True)
-        for acc in range(config['num_G_accumulations']):
-            z_, y_ = latents.sample_()
-            with _sync_unless_last(G_ddp, acc, config['num_G_accumulations']):
-                with precision.autocast():
-                    D_fake = GD(z_[:G_bs], y_[:G_bs], train_G=True, split_D=config['split_D'])
-                    G_loss = loss_gen(D_fake.float()) / config['num_G_accumulations']
-                _backward(G_loss, precision.G_scaler)
-        _step(G_optim, precision.G_scaler, G, ortho_strength=config['G_ortho'],
-              blacklist=shared_params)
-        return G_loss
-
-    return train
-
-
-def check_finite(losses: dict[str, float], itr: int, last_checkpoint: str) -> None:
-    """Stop a run whose losses went NaN/inf instead of training on garbage for hours."""
-    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-    if bad:
-        stop_non_finite(f'non-finite losses {bad}', itr, last_checkpoint)
-
-
-def stop_non_finite(what: str, itr: int, last_checkpoint: str) -> NoReturn:
-    """Raise FloatingPointError saying what went non-finite and where to resume from."""
-    raise FloatingPointError(
-        f'{what} at iteration {itr}. The last good checkpoint is {last_checkpoint}; resume '
-        f'from it (--resume; flags given with it override the saved ones) with lower learning '
-        f'rates, --amp bf16 instead of fp16, or a larger --adam_eps/--SN_eps.')
-
-
-# ----------------------------------------------------------------------------------------
-# Saving, sampling and testing
-# ----------------------------------------------------------------------------------------
-
-
-def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
-                    fixed_z: torch.Tensor, fixed_y: torch.Tensor,
-                    extra: Optional[dict] = None) -> None:
-    """Save the checkpoint and a rotating copy as one set, then a fixed-z grid, sheets and
-    interps. Raises FloatingPointError, saving nothing, if a weight is NaN or inf."""
-    copies = ()
-    if config['num_save_copies'] > 0:
-        copies = (f"copy{state_dict['save_num']}",)
-        # The saved state already names the next copy: a resumed run rotates like the
-        # uninterrupted one.
-        state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
-    nets.save(state_dict, config, extra=extra, also_as=copies)
-    with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
-        _write_samples(which_G, state_dict, config, latents=latents, fixed_z=fixed_z,
-                       fixed_y=fixed_y)
-
-
-def _write_samples(which_G: nn.Module, state_dict: dict, config: dict, *,
-                   latents: utils.Latents, fixed_z: torch.Tensor, fixed_y: torch.Tensor
-                   ) -> None:
-    """The fixed-z grid, class sheets and interpolation sheets of one save."""
-    if config['accumulate_stats']:
-        utils.accumulate_standing_stats(which_G, latents, config['num_standing_accumulations'])
-    itr, name, root = state_dict['itr'], config['experiment_name'], config['samples_root']
-    with torch.no_grad():
-        fixed_Gz = which_G(fixed_z, which_G.shared(fixed_y))
-    utils.save_grid(fixed_Gz, os.path.join(root, name, f'fixed_samples{itr}.jpg'))
-    where = dict(num_classes=config['n_classes'], samples_root=root, experiment_name=name,
-                 folder_number=itr, device=fixed_z.device)
-    utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
-                       samples_per_class=10, **where)
-    for fix_z, fix_y in ((False, False), (False, True), (True, False)):
-        utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8, fix_z=fix_z,
-                           fix_y=fix_y, **where)
-
-
-def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
-         sample: Callable, get_inception_metrics: Callable,
-         test_log: Optional[utils.MetricsLogger] = None, extra: Optional[dict] = None,
-         is_main: bool = True) -> dict:
-    """IS/FID (and KID, precision/recall when the data's real-features file exists) of the
-    sampling G; keep the `num_best_copies` best checkpoints by --which_best; log to jsonl.
-
-    Under DDP every rank calls this (each samples its share of the images); only the main
-    rank saves and logs.
-    """
-    with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
-        if config['accumulate_stats']:
-            utils.accumulate_standing_stats(which_G, latents,
-                                            config['num_standing_accumulations'])
-        result = get_inception_metrics(sample, config['num_inception_images'], num_splits=10)
-    IS_mean, IS_std, FID = result
-    FID = None if FID is None else float(FID)  # None with --no_fid
-    small_data = metrics.small_data_metrics(result)  # KID, precision/recall if computed
-    KID = small_data.get('KID_mean')
-    state_dict.setdefault('best_KID', 999999)  # state dicts from before KID lack it
-    improved = {'IS': IS_mean > state_dict['best_IS'],
-                'FID': FID is not None and FID < state_dict['best_FID'],
-                'KID': KID is not None and KID < state_dict['best_KID']}[config['which_best']]
-    best_num = state_dict['save_best_num']
-    if improved:  # the saved state already holds the new best score and next copy number
-        state_dict['save_best_num'] = (best_num + 1) % max(config['num_best_copies'], 1)
-    state_dict['best_IS'] = max(state_dict['best_IS'], float(IS_mean))
-    if FID is not None and math.isfinite(FID):
-        state_dict['best_FID'] = min(state_dict['best_FID'], FID)
-    if KID is not None and math.isfinite(KID):
-        state_dict['best_KID'] = min(state_dict['best_KID'], KID)
-    if improved and is_main:
-        nets.save(state_dict, config, name_suffix=f'best{best_num}', extra=extra)
-    record = dict(itr=int(state_dict['itr']), IS_mean=float(IS_mean), IS_std=float(IS_std),
-                  FID=FID, **small_data)
-    if is_main:
-        test_log.log(**record)
-    return record
-
-
-# ----------------------------------------------------------------------------------------
-# Between iterations
-# ----------------------------------------------------------------------------------------
-
-
-class AfterStep:
-    """What the loop does after each iteration: log losses (--log_every) and singular values
-    (--sv_log_interval), save and sample (--save_every, and on a stop signal), test IS/FID
-    (--test_every). Only the main rank writes; every rank samples its share of a test."""
-
-    def __init__(self, nets: Nets, state_dict: dict, config: dict, *,
-                 precision: Precision, latents: utils.Latents,
-                 get_inception_metrics: Optional[Callable], is_main: bool, resumed: bool,
-                 small_data: Optional[SmallData] = None, subset: Optional[Any] = None):
-        self.nets, self.state_dict, self.config = nets, state_dict, config
-        self.small_data, self.subset = small_data, subset  # saved with every checkpoint
-        self.precision, self.latents, self.is_main = precision, latents, is_main
-        self.get_inception_metrics = get_inception_metrics
-        fixed = utils.Latents(config['G_batch_size'], nets.G.dim_z, config['n_classes'],
-                              latents.z.device, z_var=config['z_var'])
-        self.fixed_z, self.fixed_y = (t.clone() for t in fixed.sample_())  # for every save
-        self.run_dir = os.path.join(config['weights_root'], config['experiment_name'])
-        self.last_save = self._where() if resumed else 'none yet'
-        self.test_log = self.train_log = None
-        if is_main:
-            self._open_logs()
-
-    def _where(self) -> str:
-        return f"{self.run_dir} (iteration {self.state_dict['itr']})"
-
-    def _open_logs(self) -> None:
-        """The run's first writes: the jsonl test log and per-series train logs (a resumed run
-        drops what a killed run logged after its last checkpoint, and a torn last line), and
-        for a new run config.json. A resumed run's config.json changes only with its next
-        checkpoint (utils.save_weights writes it): a resume that fails keeps the config of the
-        checkpoint it came from."""
-        config, name, itr = self.config, self.config['experiment_name'], self.state_dict['itr']
-        if not config['resume']:
-            utils.save_config(config, os.path.join(self.run_dir, utils.CONFIG_FILE))
-        self.test_log = utils.MetricsLogger(os.path.join(config['logs_root'], f'{name}_log.jsonl'),
-                                            reinitialize=not config['resume'])
-        self.train_log = utils.MyLogger(os.path.join(config['logs_root'], name),
-                                        reinitialize=not config['resume'],
-                                        logstyle=config['logstyle'])
-        if config['resume']:
-            self.test_log.truncate_after(itr)
-            self.train_log.truncate_after(itr)
-
-    def __call__(self, itr: int, losses: dict, bar, stopping: bool) -> None:
-        config = self.config
-        if itr % config['log_every'] == 0 or itr == 1:
-            self.log_losses(itr, losses, bar)
-        if config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
-            self.log_spectra(itr)
-        if config['save_every'] > 0 and (itr % config['save_every'] == 0 or stopping):
-            self.save()
-        if config['test_every'] > 0 and itr % config['test_every'] == 0:
-            self.test(bar)
-
-    def log_losses(self, itr: int, losses: dict, bar) -> None:
-        """Log the losses, stopping a run whose losses went NaN/inf (the only host sync)."""
-        values = {k: float(v) for k, v in losses.items()}
-        check_finite(values, itr, self.last_save)
-        if self.is_main:
-            self.train_log.log(itr, **values)
-            bar.set_postfix({k: f'{v:+.3f}' for k, v in values.items()}, refresh=False)
-
-    def log_spectra(self, itr: int) -> None:
-        """Log G's and/or D's singular values (--log_G_spectra, --log_D_spectra)."""
-        if not self.is_main:
-            return
-        svs = {**(utils.get_SVs(self.nets.G, 'G') if self.config['log_G_spectra'] else {}),
-               **(utils.get_SVs(self.nets.D, 'D') if self.config['log_D_spectra'] else {})}
-        if svs:
-            self.train_log.log(itr, **svs)
-
-    def extra_state(self) -> dict:
-        """What a checkpoint saves beyond weights: RNG states and fp16 gradient scalers."""
-        extra = {'rng': utils.rng_state()}
-        if self.small_data is not None:  # adaptive p, LeCam EMAs
-            extra['small_data'] = self.small_data.state_dict()
-        if self.subset is not None:  # --num_samples: the images this run trains on
-            extra['subset'] = [int(i) for i in self.subset]
-        for key in ('G_scaler', 'D_scaler'):
-            if getattr(self.precision, key) is not None:
-                extra[key] = getattr(self.precision, key).state_dict()
-        return extra
-
-    def save(self) -> None:
-        """Checkpoint and sample sheets (main rank); a non-finite weight stops the run."""
-        if not self.is_main:
-            return
-        try:
-            with self.nets.sampling_mode(self.config['G_eval_mode']):
-                save_and_sample(self.nets, self.state_dict, self.config,
-                                          latents=self.latents, fixed_z=self.fixed_z,
-                                          fixed_y=self.fixed_y, extra=self.extra_state())
-        except FloatingPointError as err:  # nothing was written
-            stop_non_finite(str(err), self.state_dict['itr'], self.last_save)
-        self.last_save = self._where()
-
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of test samples from the sampling G, with their labels."""
-        which_G = self.nets.sampling_G(self.config)
-        with torch.no_grad():
-            z, y = self.latents.sample_()
-            return which_G(z, which_G.shared(y)), y
-
-    def test(self, bar) -> None:
-        """IS/FID, keeping the best checkpoints; a non-finite best copy stops the run."""
-        itr = self.state_dict['itr']
-        try:
-            with self.nets.sampling_mode(self.config['G_eval_mode']):
-                record = test(
-                    self.nets, self.state_dict, self.config, latents=self.latents,
-                    sample=self.sample, get_inception_metrics=self.get_inception_metrics,
-                    test_log=self.test_log, extra=self.extra_state() if self.is_main else None,
-                    is_main=self.is_main)
-        except FloatingPointError as err:  # a best copy was refused: nothing written
-            stop_non_finite(str(err), itr, self.last_save)
-        if self.is_main:
-            more = ''.join(f", {k} {record[k]:.4g}" for k in
-                           ('KID_mean', 'KID_std', 'precision', 'recall') if k in record)
-            bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}, "
-                      f"FID {record['FID']}{more}")
+    passes = GD if isinstance(GD, Passes) else Passes.of(GD, nets.G)
+    objectives = objectives or Objectives(config, next(nets.G.parameters()).device)
+    return GANStep(nets, passes, state_dict, config, latents=latents, objectives=objectives,
+                   augment=augment, ema=ema, precision=precision or Precision(), G_ddp=G_ddp,
+                   D_ddp=D_ddp)

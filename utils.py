@@ -58,18 +58,17 @@ from flags import (  # noqa: F401
     SWITCH,
     Flag,
     add_sample_parser,
+    all_flags,
     bounded,
     config_keys,
-    dataset_label,
-    hashname,
     legacy_precision_note,
-    name_from_config,
     parse_given,
     prepare_parser,
     read_run_config,
     save_config,
     update_config_roots,
 )
+from run_names import dataset_label, hashname, name_from_config  # noqa: F401
 
 # ----------------------------------------------------------------------------------------
 # Seeds and RNG state

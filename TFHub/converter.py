@@ -42,11 +42,10 @@ for _path in (ROOT, ROOT / 'TFHub'):  # the models; hf_converter.py, tfhub_map.p
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from tfhub_map import EMA_SUFFIX, Entry, Layouts, tf_name, variable_map  # noqa: E402  (TFHub/)
-
 import BigGAN  # noqa: E402
 import hf_converter  # noqa: E402  (TFHub/ is on sys.path)
 from flags import run_cli  # noqa: E402
+from tfhub_map import EMA_SUFFIX, Entry, Layouts, tf_name, variable_map  # noqa: E402  (TFHub/)
 
 # Public names, with tfhub_map.py's (the name and layout map) kept importable from here.
 __all__ = ['EMA_SUFFIX', 'TFHUB_DIM_Z', 'TFHUB_ATTN', 'ConversionError', 'tfhub_config',

@@ -1,16 +1,19 @@
 """Plot a run's logs as PNGs: training losses, IS/FID over iterations, singular values.
 
 Replaces the MATLAB scripts of the 2019 release. Reads what train.py writes under
-`--logs_root`: `<exp>/{G_loss,D_loss_real,D_loss_fake}.log`, D's mean outputs (`D_real`,
-`D_fake`), the small-data terms (`D_loss_LC`, `D_loss_CR`, `ada_p`, `ada_r_t`), the `*sv*.log`
-files (lines `itr: value`), and `<exp>_log.jsonl` (one test per line: itr, IS_mean, IS_std, FID).
+`--logs_root`: every `<exp>/<series>.log` (lines `itr: value`: the objectives' terms such as
+`G_loss`, `D_loss_real`, `D_loss_R1`, D's mean outputs `D_real`/`D_fake`, `ada_p`, and the
+singular values `G_*_sv0`...), and `<exp>_log.jsonl` (one test per line: itr, IS_mean, IS_std,
+FID).
 
     python logs/plot_logs.py --logs_root logs --experiment_name demo
 
 writes `losses.png`, `IS_FID.png`, `G_SVs.png` / `D_SVs.png` into `--out` (default
 `<logs_root>/<exp>/plots/`) and prints their paths; plots whose logs are absent are skipped.
-The loss plot has a D panel (real and fake) and a G panel: each raw series is drawn faint
-under a centred moving average (`--smooth` points, by default 1/30 of the run, at least 5), and each
+The loss plot has one panel per group of series (`panel_of`: D losses, G loss, D outputs,
+regularisers, augmentation, and one per prefix of anything else an objective logs), so a new
+objective's terms appear without editing this script. Each raw series is drawn faint under a
+centred moving average (`--smooth` points, by default 1/30 of the run, at least 5), and each
 panel's y-range spans the 1st-99th percentile of its data plus a margin, so a start-up
 spike of a few log lines does not flatten the rest (the panel notes how many points it cuts).
 """
@@ -26,14 +29,50 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-# Loss panels: title and the series drawn in it, with their colours.
-LOSS_PANELS = (('D losses', (('D_loss_real', 'tab:blue'), ('D_loss_fake', 'tab:orange'))),
-               ('G loss', (('G_loss', 'tab:green'),)),
-               # D's mean outputs: a widening real/fake gap is D overfitting its data.
-               ('D outputs (mean)', (('D_real', 'tab:blue'), ('D_fake', 'tab:orange'))),
-               ('D regularisers (weighted)', (('D_loss_LC', 'tab:purple'),
-                                              ('D_loss_CR', 'tab:brown'))),
-               ('adaptive augmentation', (('ada_p', 'tab:red'), ('ada_r_t', 'tab:gray'))))
+# Loss panels: every series train.py logged gets a line, in the panel its name puts it in
+# (panel_of), so a new objective's terms are plotted without editing this script.
+PANELS = ('D losses', 'G loss', 'D outputs (mean)', 'D regularisers (weighted)',
+          'G regularisers (weighted)', 'adaptive augmentation')
+COLORS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown',
+          'tab:pink', 'tab:gray', 'tab:olive', 'tab:cyan')
+
+
+def panel_of(name: str) -> str:
+    """The panel of a logged series: the adversarial loss's D and G terms, D's mean outputs,
+    regularisers' terms (D_loss_* / G_loss_*), adaptive augmentation (ada_*), else a panel
+    named by the series' first word (an objective's extra scalars: 'lecam_ema_real' and
+    'lecam_ema_fake' share 'lecam')."""
+    if name in ('D_loss_real', 'D_loss_fake', 'D_loss'):
+        return 'D losses'
+    if name == 'G_loss':
+        return 'G loss'
+    if name in ('D_real', 'D_fake'):
+        return 'D outputs (mean)'
+    for side in 'DG':
+        if name.startswith(f'{side}_loss_'):
+            return f'{side} regularisers (weighted)'
+    if name.startswith('ada_'):
+        return 'adaptive augmentation'
+    return name.split('_')[0]
+
+
+def is_sv_log(name: str) -> bool:
+    """Whether a log file (name without .log) holds singular values (utils.get_SVs's names)."""
+    return name[:2] in ('G_', 'D_') and 'sv' in name.split('_')[-1]
+
+
+def loss_series(run_dir: str) -> dict[str, list[str]]:
+    """Panel title -> the loss-log series in it (every `<name>.log` but singular values)."""
+    names = sorted(os.path.basename(p)[:-len('.log')]
+                   for p in glob.glob(os.path.join(run_dir, '*.log')))
+    panels: dict[str, list[str]] = {}
+    for name in names:
+        if not is_sv_log(name):
+            panels.setdefault(panel_of(name), []).append(name)
+    order = {title: i for i, title in enumerate(PANELS)}
+    return dict(sorted(panels.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
 PERCENTILES = (1, 99)  # the y-range of a loss panel, before the margin
 MARGIN = 0.1           # fraction of that range added above and below
 
@@ -136,19 +175,15 @@ def _loss_panel(ax: Axes, title: str, series: dict[str, tuple[np.ndarray, np.nda
 
 
 def loss_figure(run_dir: str, smooth_window: int = 0) -> Optional[Figure]:
-    """D (real, fake) and G losses in two panels; None when no loss log exists.
+    """One panel per group of logged series (panel_of); None when no loss log exists.
 
     `smooth_window` is the moving-average width in log lines; 0 picks it per series.
     """
     panels = []
-    for title, names in LOSS_PANELS:
-        series = {}
-        for name, color in names:
-            path = os.path.join(run_dir, f'{name}.log')
-            if os.path.exists(path):
-                series[name] = (*read_log(path), color)
-        if series:
-            panels.append((title, series))
+    for title, names in loss_series(run_dir).items():
+        series = {name: (*read_log(os.path.join(run_dir, f'{name}.log')),
+                         COLORS[i % len(COLORS)]) for i, name in enumerate(_ordered(names))}
+        panels.append((title, series))
     if not panels:
         return None
     fig = Figure(figsize=(10, 3.6 * len(panels)), layout='constrained')
@@ -159,6 +194,12 @@ def loss_figure(run_dir: str, smooth_window: int = 0) -> Optional[Figure]:
     lo, hi = PERCENTILES
     fig.suptitle(f'Training losses (faint: raw; y-range: percentiles {lo}-{hi} + margin)')
     return fig
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Real before fake (blue, orange as always), then the others alphabetically."""
+    first = [n for n in ('D_loss_real', 'D_loss_fake', 'D_real', 'D_fake') if n in names]
+    return first + [n for n in names if n not in first]
 
 
 def plot_losses(run_dir: str, out_dir: str, smooth_window: int = 0) -> Optional[str]:
@@ -212,7 +253,7 @@ def plot_metrics(jsonl_path: str, out_dir: str) -> Optional[str]:
 def plot_svs(run_dir: str, out_dir: str, prefix: str) -> Optional[str]:
     """Logged singular values of G or D (`prefix`), one line per layer; None if none."""
     paths = sorted(p for p in glob.glob(os.path.join(run_dir, f'{prefix}_*.log'))
-                   if 'sv' in os.path.basename(p))
+                   if is_sv_log(os.path.basename(p)[:-len('.log')]))
     if not paths:
         return None
     fig = Figure(figsize=(8, 5), layout='constrained')

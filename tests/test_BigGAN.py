@@ -102,8 +102,7 @@ def test_gradients_reach_every_parameter():
                 p.data.fill_(0.5)
     GD = BigGAN.G_D(G, D)
     y = torch.randint(0, 3, (4,))
-    D_fake, D_real = GD(torch.randn(4, G.dim_z), y, torch.randn(4, 3, 32, 32), y,
-                        train_G=True)
+    _, (D_fake, D_real) = GD(torch.randn(4, G.dim_z), y, [torch.randn(4, 3, 32, 32)], [y])
     (D_fake.square().mean() + D_real.mean()).backward()
     for net in (G, D):
         for name, p in net.named_parameters():
@@ -114,15 +113,32 @@ def test_G_D_concatenated_pass_equals_split_pass():
     torch.manual_seed(0)
     cfg = dict(TINY, resolution=32)
     G, D = BigGAN.Generator(**cfg), BigGAN.Discriminator(**cfg)
-    GD = BigGAN.G_D(G, D).eval()
+    G.eval(), D.eval()
     z, y, x = torch.randn(3, G.dim_z), torch.randint(0, 3, (3,)), torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        cat = GD(z, y, x, y)
-        split = GD(z, y, x, y, split_D=True)
-    torch.testing.assert_close(cat[0], split[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cat[1], split[1], atol=1e-5, rtol=1e-5)
-    D_out, G_z = GD(z, y, return_G_z=True)
-    assert G_z.shape == (3, 3, 32, 32) and D_out.shape == (3, 1)
+        G_z, cat = BigGAN.G_D(G, D)(z, y, [x, x.flip(3)], [y, y])
+        _, split = BigGAN.G_D(G, D, split_D=True)(z, y, [x, x.flip(3)], [y, y])
+        alone = [D(G_z, y), D(x, y), D(x.flip(3), y)]
+    assert G_z.shape == (3, 3, 32, 32) and [o.shape for o in cat] == [(3, 1)] * 3
+    for a, b, c in zip(cat, split, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def test_D_pass_augments_every_image_D_sees_once():
+    """DiffAugment is applied in one place: D_pass, to fakes and reals alike, in one call."""
+    cfg = dict(TINY, resolution=32)
+    D = BigGAN.Discriminator(**cfg).eval()
+    calls = []
+
+    def augment(x):
+        calls.append(x.shape[0])
+        return x.flip(2)
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(0, 3, (5,))
+    with torch.no_grad():
+        out = BigGAN.D_pass(D, augment=augment)([x[:2], x[2:]], [y[:2], y[2:]])
+        torch.testing.assert_close(torch.cat(out), D(x.flip(2), y), atol=1e-5, rtol=1e-5)
+    assert calls == [5]
 
 
 def test_unconditional_D_has_no_projection():

@@ -92,8 +92,8 @@ def test_gradients_reach_every_parameter():
             if name.endswith('gamma'):
                 p.data.fill_(0.5)
     y = torch.randint(0, 3, (4,))
-    D_fake, D_real = BigGANdeep.G_D(G, D)(torch.randn(4, 16), y, torch.randn(4, 3, 32, 32), y,
-                                          train_G=True)
+    _, (D_fake, D_real) = BigGANdeep.G_D(G, D)(torch.randn(4, 16), y,
+                                               [torch.randn(4, 3, 32, 32)], [y])
     (D_fake.square().mean() + D_real.mean()).backward()
     for net in (G, D):
         for name, p in net.named_parameters():

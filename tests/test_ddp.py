@@ -82,6 +82,9 @@ def run_two_nodes(tmp_path, flags):
     return [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
 
 
+R3GAN = ['--loss', 'rpgan', '--R1', '1', '--R2', '1']  # RpGAN pairs fakes with reals
+
+
 def max_diff(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
@@ -102,6 +105,9 @@ def ddp_runs(tmp_path_factory):
             'single_accumulated': run_single(common + accumulate + ['--batch_size', '4']),
             'local_bn': run_torchrun(tmp / 'local', common + ['--batch_size', '2']),
             'single': run_single(common + ['--batch_size', '4']),
+            'r3gan': run_torchrun(tmp / 'r3gan', common + R3GAN + ['--batch_size', '2',
+                                                                 '--cross_replica']),
+            'single_r3gan': run_single(common + R3GAN + ['--batch_size', '4']),
             'initial': run_single(common + ['--batch_size', '4', '--num_epochs', '0'])}
     return runs
 
@@ -138,6 +144,18 @@ def test_accumulation_under_ddp_equals_one_process(ddp_runs):
         assert max_diff(r0[net], single[net]) < 2e-5, net
     for net in ('G', 'D'):  # 2 iterations: G_ema (decay 0.9999) has barely moved
         assert max_diff(single[net], ddp_runs['initial'][net]) > 1e-3, net
+
+
+def test_rpgan_with_gradient_penalties_under_ddp_equals_one_process(ddp_runs):
+    """R3GAN's objective: D's double backward (R1, R2) under DDP, fakes paired with the same
+    reals in the G step as in one process."""
+    r0, r1 = ddp_runs['r3gan']
+    single = ddp_runs['single_r3gan']
+    for net in ('G', 'D', 'G_ema'):
+        assert max_diff(r0[net], r1[net]) == 0, net
+        assert max_diff(r0[net], single[net]) < 2e-5, net
+    for net in ('G', 'D'):  # G_ema (decay 0.9999) has barely moved in 4 iterations
+        assert max_diff(single[net], ddp_runs['single'][net]) > 1e-4, net  # not hinge's run
 
 
 def test_per_rank_batch_norm_differs_from_the_full_batch(ddp_runs):

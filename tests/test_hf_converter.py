@@ -25,7 +25,7 @@ import flags
 import resume
 import sample
 import train
-import train_fns
+import train_loop
 import utils
 from helpers import ROOT, write_hdf5
 
@@ -680,7 +680,7 @@ def test_finetune_starts_from_the_converted_G(small_run, tmp_path, monkeypatch):
     """--load_weights of a converted run with finetune_flags and --D_warmup 1: iteration 1
     trains D only (G's weights stay the converted ones), iteration 2 takes one G step from
     them; the class embedding is re-initialised for the 3 classes; D is saved."""
-    monkeypatch.setattr(train_fns, '_write_samples', lambda *a, **k: None)  # sheets: slow
+    monkeypatch.setattr(train_loop, '_write_samples', lambda *a, **k: None)  # sheets: slow
     root, name = small_run
     converted_G, config = load_converted(root / name)
     flags = hf_converter.finetune_flags(config).split()

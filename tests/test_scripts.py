@@ -81,7 +81,7 @@ def test_script_shape(path):
 def test_script_flags_parse(path):
     """Each launcher's flags parse (+ add_sample_parser for sample.py) and every one took effect."""
     config = parse_script(path)
-    flags = {f.name: f for f in utils.FLAGS + utils.SAMPLE_FLAGS}
+    flags = {f.name: f for f in utils.all_flags() + utils.SAMPLE_FLAGS}
     argv = script_args(path)[1]
     for i, token in enumerate(argv):
         if not token.startswith('--'):

@@ -10,7 +10,8 @@ import train
 import train_fns
 import utils
 from helpers import write_hdf5
-from small_data import LeCamEMA, SmallData
+from objectives import Batch
+from small_data import Augmentation
 
 TINY = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
         '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4', '--num_D_steps', '2',
@@ -36,65 +37,88 @@ def run_flags(root, data_file, *extra):
 # ----------------------------------------------------------------------------------------
 
 
+def objective_config(**flags) -> dict:
+    """A config with the small-data flags' defaults and `flags`."""
+    config = vars(utils.prepare_parser().parse_args([]))
+    config.update({'batch_size': 4, 'num_D_steps': 2, 'num_D_accumulations': 1, **flags})
+    return config
+
+
+def lecam(**flags) -> train_fns.LeCam:
+    return train_fns.LeCam(objective_config(LC=1.0, **flags))
+
+
 def test_lecam_penalty_by_hand():
-    """mean(relu(D_real - ema_fake)^2) + mean(relu(ema_real - D_fake)^2)."""
-    ema = LeCamEMA(0.9, 0)
-    ema.real.fill_(0.5)
-    ema.fake.fill_(-0.25)
-    D_real = torch.tensor([1.0, -1.0, 0.0])   # minus ema_fake: 1.25, -0.75, 0.25
-    D_fake = torch.tensor([0.0, 1.0])         # ema_real minus: 0.5, -0.5
-    expected = (1.25 ** 2 + 0 + 0.25 ** 2) / 3 + (0.5 ** 2 + 0) / 2
-    assert train_fns.lecam_penalty(D_real, D_fake, ema).item() == pytest.approx(expected)
+    """mean(relu(D_real - ema_fake)^2) + mean(relu(ema_real - D_fake)^2), weighted by LC,
+    with the EMAs holding this minibatch's means once folded in (google/lecam-gan's order)."""
+    reg = train_fns.LeCam(objective_config(LC=0.5, LC_start=0, LC_decay=0.9))
+    reg.ema_real.fill_(0.5)
+    reg.ema_fake.fill_(-0.25)
+    reg.updates = 1
+    D_real = torch.tensor([[1.0], [-1.0], [0.0]])   # mean 0
+    D_fake = torch.tensor([[0.0], [1.0]])           # mean 0.5
+    ema_real, ema_fake = 0.9 * 0.5 + 0.1 * 0.0, 0.9 * -0.25 + 0.1 * 0.5
+    expected = (sum(max(r - ema_fake, 0) ** 2 for r in (1.0, -1.0, 0.0)) / 3
+                + sum(max(ema_real - f, 0) ** 2 for f in (0.0, 1.0)) / 2)
+    b = Batch(fake=None, y_fake=None, D_fake=D_fake, D_real=D_real, itr=3)
+    assert reg.D_terms(b)['D_loss_LC'].item() == pytest.approx(0.5 * expected)
 
 
 def test_consistency_penalty_by_hand():
-    """mean((D(x) - D(T(x)))^2)."""
-    a, b = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.0, 2.5, 1.0])
-    assert train_fns.consistency_penalty(a, b).item() == pytest.approx((1 + 0.25 + 4) / 3)
+    """CR * mean((D(x) - D(T(x)))^2), D(T(x)) from the view the regulariser asked for."""
+    reg = train_fns.Consistency(objective_config(CR=2.0))
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 8, 8)
+    assert set(reg.views(x, torch.zeros(3))) == {'real_T'}
+    a, b = torch.tensor([[1.0], [2.0], [-1.0]]), torch.tensor([[0.0], [2.5], [1.0]])
+    batch = Batch(fake=None, y_fake=None, D_fake=None, D_real=a, views={'real_T': b})
+    assert reg.D_terms(batch)['D_loss_CR'].item() == pytest.approx(2.0 * (1 + 0.25 + 4) / 3)
+
+
+def test_lecam_defaults_are_google_lecam_gans_biggan_code():
+    """EMA decay 0.9 and start 1000, as `ema_losses` in google/lecam-gan's BigGAN code."""
+    reg = lecam()
+    assert (reg.decay, reg.start) == (0.9, 1000)
 
 
 def test_lecam_ema_follows_until_start_then_averages_and_round_trips():
-    ema = LeCamEMA(0.9, start=3)
+    ema = lecam(LC_start=3)
     ema.update(torch.tensor([2.0, 4.0]), torch.tensor([-1.0]), itr=1)
-    assert (ema.real.item(), ema.fake.item()) == (3.0, -1.0)  # decay 0 before start
+    assert (ema.ema_real.item(), ema.ema_fake.item()) == (3.0, -1.0)  # decay 0 before start
     ema.update(torch.tensor([1.0]), torch.tensor([1.0]), itr=2)
-    assert (ema.real.item(), ema.fake.item()) == (1.0, 1.0)
+    assert (ema.ema_real.item(), ema.ema_fake.item()) == (1.0, 1.0)
     ema.update(torch.tensor([3.0]), torch.tensor([-1.0]), itr=2)
     ema.update(torch.tensor([1.0]), torch.tensor([1.0]), itr=3)
-    assert ema.real.item() == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)
-    assert ema.fake.item() == pytest.approx(0.9 * -1.0 + 0.1 * 1.0)
-    other = LeCamEMA(0.9, start=3)
+    assert ema.ema_real.item() == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)
+    assert ema.ema_fake.item() == pytest.approx(0.9 * -1.0 + 0.1 * 1.0)
+    other = lecam(LC_start=3)
     other.load_state_dict(ema.state_dict())
     assert other.state_dict() == ema.state_dict()
-    first = LeCamEMA(0.9, start=0)  # averaging from the start: the first value seeds it
+    first = lecam(LC_start=0)  # averaging from the start: the first value seeds it
     first.update(torch.tensor([5.0]), torch.tensor([-5.0]), itr=1)
-    assert (first.real.item(), first.fake.item()) == (5.0, -5.0)
+    assert (first.ema_real.item(), first.ema_fake.item()) == (5.0, -5.0)
 
 
-def small_data(**flags) -> SmallData:
-    config = {'DiffAugment': '', 'DiffAugment_p': 1.0, 'LC': 0.0, 'CR': 0.0,
-              'CR_augment': 'flip,translation', 'LC_decay': 0.99, 'LC_start': 0,
-              'ada_target': 0.6, 'ada_interval': 4, 'ada_kimg': 500.0, 'batch_size': 4,
-              'num_D_steps': 2, 'num_D_accumulations': 1,
-              **flags}
-    return SmallData.from_config(config, 'cpu')
-
-
-def test_penalties_are_weighted_and_lecam_waits_for_its_start():
-    small = small_data(LC=0.5, CR=2.0, LC_start=5)
-    D_fake, D_real, D_real_T = torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([3.0])
-    terms = train_fns.small_data_penalties(small, (D_fake, D_real, D_real_T), itr=5)
-    assert terms['D_loss_LC'].item() == 0  # LeCam applies after LC_start
-    assert terms['D_loss_CR'].item() == pytest.approx(2.0 * 4.0)
-    terms = train_fns.small_data_penalties(small, (D_fake, D_real, D_real_T), itr=6)
+def test_lecam_waits_for_its_start():
+    reg = lecam(LC_start=5)
+    D_fake, D_real = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    assert reg.D_terms(Batch(None, None, D_fake, D_real=D_real, itr=5))['D_loss_LC'] == 0
     # The EMAs hold the outputs (real 1, fake 0): relu(1 - 0)^2 + relu(1 - 0)^2.
-    assert terms['D_loss_LC'].item() == pytest.approx(0.5 * 2.0)
+    terms = reg.D_terms(Batch(None, None, D_fake, D_real=D_real, itr=6))
+    assert terms['D_loss_LC'].item() == pytest.approx(2.0)
 
 
-def test_no_small_data_flags_means_no_small_data():
-    assert small_data() is None
-    assert small_data(DiffAugment='cutout').ada is None
-    ada = small_data(DiffAugment='cutout', DiffAugment_p='auto').ada
+def augmentation(**flags) -> Augmentation:
+    config = {'DiffAugment': '', 'DiffAugment_p': 1.0, 'ada_target': 0.6, 'ada_interval': 4,
+              'ada_kimg': 500.0, 'batch_size': 4, 'num_D_steps': 2, 'num_D_accumulations': 1,
+              **flags}
+    return Augmentation.from_config(config, 'cpu')
+
+
+def test_no_DiffAugment_means_no_augmentation():
+    assert augmentation() is None
+    assert augmentation(DiffAugment='cutout').ada is None
+    ada = augmentation(DiffAugment='cutout', DiffAugment_p='auto').ada
     # p moves by the real images of an interval over ada_kimg thousand: batch 4 x 2 D steps.
     assert ada.speed == pytest.approx(4 * 2 * 4 / 500e3)
 
@@ -105,21 +129,21 @@ def test_ranks_draw_their_own_augmentations_and_keep_the_shared_rng():
     x = torch.randn(16, 3, 8, 8)
     outs, next_draws = [], []
     for rank in (0, 1):
-        small = small_data(DiffAugment='translation,cutout')
-        small.rank, small.world_size = rank, 2
+        augment = augmentation(DiffAugment='translation,cutout')
+        augment.rank, augment.world_size = rank, 2
         torch.manual_seed(7)
-        outs.append(small.augment(x))
+        outs.append(augment(x))
         next_draws.append(torch.rand(3))
     assert not torch.equal(outs[0], outs[1])
     assert torch.equal(next_draws[0], next_draws[1])
     torch.manual_seed(7)
-    small = small_data(DiffAugment='translation,cutout')
-    small.rank, small.world_size = 1, 2
-    assert torch.equal(small.augment(x), outs[1])  # and reproducibly so
+    augment = augmentation(DiffAugment='translation,cutout')
+    augment.rank, augment.world_size = 1, 2
+    assert torch.equal(augment(x), outs[1])  # and reproducibly so
 
 
 # ----------------------------------------------------------------------------------------
-# G_D: what D sees
+# G_D and D_pass: what D sees
 # ----------------------------------------------------------------------------------------
 
 
@@ -129,10 +153,11 @@ class SpyD(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.inputs = []
+        self.b = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, y):
         self.inputs.append(x.detach().clone())
-        return x.mean((1, 2, 3)).unsqueeze(1)
+        return x.mean((1, 2, 3)).unsqueeze(1) + self.b
 
 
 class ConstG(torch.nn.Module):
@@ -140,26 +165,42 @@ class ConstG(torch.nn.Module):
         super().__init__()
         self.shared = torch.nn.Embedding(3, 2)
         self.w = torch.nn.Parameter(torch.ones(()))
+        self.dim_z = 1
 
     def forward(self, z, y):
         return self.w * z.view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
 
 
 @pytest.mark.parametrize('split_D', [False, True])
-def test_G_D_augments_fakes_and_reals_and_adds_the_consistency_half(split_D):
-    D = SpyD()
-    GD = BigGAN.G_D(ConstG(), D, augment=lambda x: x + 100,
-                    cr_transform=lambda x: -x)
+def test_G_D_augments_fakes_reals_and_views_alike(split_D):
+    GD = BigGAN.G_D(ConstG(), SpyD(), augment=lambda x: x + 100, split_D=split_D)
     z, gy = torch.tensor([1.0, 2.0]), torch.tensor([0, 1])
     x, dy = torch.full((2, 3, 4, 4), 5.0), torch.tensor([2, 2])
-    D_fake, D_real, D_real_T = GD(z, gy, x, dy, split_D=split_D, consistency=True)
+    G_z, (D_fake, D_real, D_real_T) = GD(z, gy, [x, -x], [dy, dy])
     assert D_fake.view(-1).tolist() == [101.0, 102.0]  # fakes augmented
     assert D_real.view(-1).tolist() == [105.0, 105.0]  # reals augmented
-    assert D_real_T.view(-1).tolist() == [95.0, 95.0]  # T(x) = -x, then augmented
-    G_out = GD(z, gy, train_G=True)  # the G step's fakes are augmented too
-    assert G_out.view(-1).tolist() == [101.0, 102.0]
-    G_out.sum().backward()
+    assert D_real_T.view(-1).tolist() == [95.0, 95.0]  # a view T(x) = -x, then augmented
+    D_fake.sum().backward()
     assert GD.G.w.grad is not None  # through the augmentation into G
+
+
+def test_the_D_step_shows_D_the_consistency_view_of_the_reals_in_one_pass():
+    """With --CR the D step's one D call holds fakes, reals and T(reals), all augmented."""
+    G, D = ConstG(), SpyD()
+    config = objective_config(CR=1.0, CR_augment='flip', num_D_steps=1, batch_size=2,
+                              G_batch_size=2, split_D=False, ema=False)
+    nets = train_fns.Nets(G, D, None, *(torch.optim.SGD(net.parameters(), lr=0.0)
+                                        for net in (G, D)))
+    step = train_fns.GAN_training_function(nets, BigGAN.G_D(G, D, augment=lambda x: x + 100),
+                                           {'itr': 1}, config, latents=utils.Latents(2, 1, 3))
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float).view(2, 3, 4, 4)
+    losses = step(x, torch.tensor([0, 1]))
+    seen = D.inputs[0]  # the D step's pass
+    assert seen.shape[0] == 6
+    assert torch.equal(seen[2:4], x + 100)
+    for view, image in zip(seen[4:6] - 100, x):  # 'flip': each image mirrored or not
+        assert torch.equal(view, image) or torch.equal(view, image.flip(2))
+    assert 'D_loss_CR' in losses
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,9 +319,22 @@ def test_resume_is_exact_with_augmentation_lecam_cr_adaptive_p_and_a_subset(
     train.main(run_flags(split, data_file, '--num_epochs', '2', *flags))
     saved = utils.load_file(str(split / 'run' / 'weights' / 'tiny' / 'state_dict.pth'))
     assert saved['subset'] == datasets.choose_subset(40, 24, 0).tolist()
-    assert saved['small_data']['ada'] is not None and saved['small_data']['lecam'] is not None
+    assert saved['augment']['ada'] is not None and saved['objectives']['LC']['updates'] > 0
     train.main(run_flags(split, data_file, '--num_epochs', '5', '--resume', *flags))
     assert_same_run(split, straight)
+
+
+def test_checkpoints_from_before_objectives_were_classes_restore_lecam_and_p():
+    """Earlier checkpoints kept LeCam's EMAs and the adaptive p under 'small_data'."""
+    config = objective_config(LC=0.3, DiffAugment='cutout', DiffAugment_p='auto')
+    lecam_state = {'real': 0.25, 'fake': -0.5, 'updates': 7}
+    ada = augmentation(DiffAugment='cutout', DiffAugment_p='auto').ada
+    ada.p.fill_(0.3)
+    saved = {'small_data': {'lecam': lecam_state, 'ada': ada.state_dict()}}
+    objs, augment = train.build_objectives(config, torch.device('cpu'), saved, rank=0,
+                                           world_size=1)
+    assert objs.regularisers[0].state_dict() == lecam_state
+    assert augment.ada.p.item() == pytest.approx(0.3)
 
 
 def test_bad_small_data_flags_are_parser_errors(capsys):

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import BigGAN
 import train_fns
 import utils
+from helpers import FixedLatents
 
 TINY = dict(resolution=32, G_ch=4, D_ch=4, dim_z=16, shared_dim=8, hier=True, G_shared=True,
             n_classes=3, G_attn='0', D_attn='0')
@@ -21,18 +22,6 @@ def step_config(**overrides):
                   num_G_accumulations=1, split_D=False, ema=True, ema_decay=0.9)
     config.update(overrides)
     return config
-
-
-class FixedLatents:
-    """Feeds rows of a fixed table, so two step configurations see the same z and y."""
-
-    def __init__(self, z, y, batch):
-        self.z, self.y, self.batch, self.pos = z, y, batch, 0
-
-    def sample_(self):
-        rows = slice(self.pos, self.pos + self.batch)
-        self.pos += self.batch
-        return self.z[rows], self.y[rows]
 
 
 def test_hinge_and_dcgan_losses_match_their_formulas():
