@@ -436,3 +436,13 @@ def get_data_loaders(dataset: str, data_root: str = 'data', *, resolution: int |
                         pin_memory=pin_memory and torch.cuda.is_available(),
                         drop_last=drop_last, generator=generator)
     return [loader]
+
+
+# ----------------------------------------------------------------------------- 2019 names
+# 2019 names (compatibility): 2019's utils.py kept one dict per property of the named datasets;
+# here they are views of DATASETS (utils re-exports them). Its dset_dict is left out: its
+# dataset classes took (root, transform, ...), ours are built by resolve_dataset/build_dataset.
+root_dict = {name: str(spec.path) for name, spec in DATASETS.items()}
+imsize_dict = {name: spec.resolution for name, spec in DATASETS.items()}
+nclass_dict = {name: spec.n_classes for name, spec in DATASETS.items()}
+classes_per_sheet_dict = {name: spec.classes_per_sheet for name, spec in DATASETS.items()}

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 import torchvision
 from pytorch_fid.inception import FID_WEIGHTS_URL
 
+import datasets
+import metrics
 from checkpoints import file_sha256, state_dict_diff
 from inception_net import INCEPTIONS, POOL_DIM, TRUNK, InceptionNet, check_network
 from inception_net import inception_v3 as _inception_v3
@@ -220,13 +222,17 @@ def _state_dict_problem(state: object, own: dict) -> Optional[str]:
     return '; '.join(parts)
 
 
-def load_inception_net(*, inception: str = 'torchvision',
+def load_inception_net(parallel: bool = False, *, inception: str = 'torchvision',
                        inception_weights: Optional[PathLike] = None,
-                       device: Optional[Union[str, torch.device]] = None) -> InceptionNet:
-    """The Inception network with its weights, in eval mode on `device` (default: cuda if any)."""
+                       device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """The Inception network with its weights, in eval mode on `device` (default: cuda if any).
+
+    `parallel`, 2019's one argument, wraps it in nn.DataParallel (over the visible GPUs).
+    """
     net = _load_weights(inception, inception_weights)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    return InceptionNet(net, inception).eval().requires_grad_(False).to(device)
+    net = InceptionNet(net, inception).eval().requires_grad_(False).to(device)
+    return nn.DataParallel(net) if parallel else net
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -365,17 +371,23 @@ def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision'
     _load_weights(inception, inception_weights)
 
 
-def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvision',
-                              inception_weights: Optional[PathLike] = None, *,
+def prepare_inception_metrics(moments_path: PathLike, inception: Union[str, bool] = 'torchvision',
+                              inception_weights: Union[PathLike, bool, None] = None, *,
                               device: Optional[Union[str, torch.device]] = None,
-                              no_fid: bool = False) -> Callable:
+                              no_fid: bool = False, parallel: Optional[bool] = None) -> Callable:
     """Load the network, data moments and real features; return get_inception_metrics.
+
+    Also takes 2019's form (dataset, parallel, no_fid=False), told apart by its bool second
+    argument (or the `parallel` keyword): see `_prepare_inception_metrics_2019`.
 
     `moments_path` is the dataset's moments file (datasets.DatasetSpec.moments_path); the
     'tf' network reads `moments_file(moments_path, 'tf')`. With `no_fid` no moments are
     read or computed and FID is returned as None. When the real-features file
     (`features_file`) exists, KID and precision/recall are computed too (not with `no_fid`).
     """
+    if isinstance(inception, bool) or parallel is not None:
+        return _prepare_inception_metrics_2019(str(moments_path),
+                                               no_fid or bool(inception_weights), device)
     data_mu = data_sigma = real_feats = None
     if not no_fid:
         data_mu, data_sigma = load_moments(moments_file(moments_path, inception), inception,
@@ -418,5 +430,77 @@ def prepare_inception_metrics(moments_path: PathLike, inception: str = 'torchvis
         precision, recall = precision_recall(real, fake, k=PR_K, real_radii=real_radii[0])
         return InceptionMetrics(IS_mean, IS_std, FID, KID_mean=KID_mean, KID_std=KID_std,
                                 precision=precision, recall=recall)
+
+    return get_inception_metrics
+
+
+# ----------------------------------------------------------------------------- 2019 names
+# 2019 names (compatibility): what 2019 code calls on inception_utils, under its 2019 name and
+# call form (also load_inception_net(parallel) and prepare_inception_metrics(dataset,
+# parallel, no_fid) above). Left out: sqrt_newton_schulz, the fp32 Newton-Schulz square root
+# behind 2019's NaN FIDs (FID takes eigenvalues here). torch_calculate_frechet_distance
+# (metrics.py) returns a float where 2019's returned a tensor.
+__all__ += ['calculate_inception_score', 'numpy_calculate_frechet_distance',
+            'torch_calculate_frechet_distance', 'torch_cov', 'WrapInception',
+            'accumulate_inception_activations']
+
+calculate_inception_score = metrics.calculate_inception_score
+
+
+def numpy_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
+                                     eps: float = 1e-6) -> float:
+    """FID between N(mu1, sigma1) and N(mu2, sigma2) on the CPU (metrics.py's). `eps`, 2019's
+    diagonal offset for a singular product, is taken and unused: eigenvalues need none."""
+    return metrics.numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+def torch_cov(m: torch.Tensor, rowvar: bool = False) -> torch.Tensor:
+    """Unbiased covariance; the variables are the columns of m [N, D] unless `rowvar` (a
+    single row, or a 1-D m, is one variable)."""
+    m = m.view(1, -1) if m.dim() < 2 else m
+    return torch.cov(m if rowvar or m.size(0) == 1 else m.t()).squeeze()
+
+
+def WrapInception(net: torchvision.models.Inception3) -> InceptionNet:
+    """2019's wrapper of torchvision's Inception-v3: (pool [B, 2048], logits [B, 1000]) of
+    images in [-1, 1]."""
+    return InceptionNet(net, 'torchvision')
+
+
+@torch.no_grad()
+def accumulate_inception_activations(sample: Callable, net: nn.Module,
+                                     num_inception_images: int = 50000
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pool, softmax probabilities, labels) of the images of repeated sample() until there
+    are at least num_inception_images (whole batches, as 2019 kept them)."""
+    pool, probs, labels = [], [], []
+    while sum(len(p) for p in pool) < num_inception_images:
+        images, y = sample()
+        pool_val, logits = net(images.float())
+        pool.append(pool_val)
+        probs.append(F.softmax(logits, 1))
+        labels.append(y)
+    return torch.cat(pool), torch.cat(probs), torch.cat(labels)
+
+
+def _prepare_inception_metrics_2019(dataset: str, no_fid: bool,
+                                    device: Optional[Union[str, torch.device]]) -> Callable:
+    """2019's get_inception_metrics for `dataset`, whose moments are the file 2019 read
+    (<dataset without _hdf5>_inception_moments.npz in the working folder; a path dataset's
+    beside it). The network and moments load at the first call: 2019's sample.py prepares
+    the metrics whatever it samples, and needs Inception weights only when it computes them
+    (then a missing file gets prepare_inception_metrics's error, saying what to get where)."""
+    prepared = []
+
+    def get_inception_metrics(sample: Callable, num_inception_images: int,
+                              num_splits: int = 10, prints: bool = True,
+                              use_torch: bool = True) -> tuple[float, float, float]:
+        """2019's (IS mean, IS std, FID; 9999.0 with no_fid). `prints` and `use_torch` are
+        taken: nothing is printed, and both FID routes are one method here."""
+        if not prepared:
+            moments = datasets.resolve_dataset(dataset, '.').moments_path
+            prepared.append(prepare_inception_metrics(moments, device=device, no_fid=no_fid))
+        IS_mean, IS_std, FID = prepared[0](sample, num_inception_images, num_splits)
+        return IS_mean, IS_std, 9999.0 if FID is None else FID
 
     return get_inception_metrics

@@ -1,5 +1,5 @@
 """Training helpers, in sections: seeds and RNG state, EMA and regularisers, logging, z/y
-sampling, standing stats and sample sheets.
+sampling, standing stats and sample sheets, and the 2019 names (compatibility) at the end.
 
 The command-line flags and run config live in flags.py, checkpoint I/O in checkpoints.py;
 their public names are re-exported here.
@@ -13,17 +13,21 @@ import random
 import time
 import warnings
 import zipfile
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
 
+import checkpoints
+import datasets
+import flags
 import layers
 
-# The 2019 code and its users call utils.prepare_parser, utils.load_weights, ...: the names
-# that moved to flags.py and checkpoints.py stay reachable here.
+# The 2019 code and its users call utils.prepare_parser, utils.save_weights, ...: the names
+# that moved to flags.py and checkpoints.py stay reachable here (load_weights and config_keys
+# take their 2019 forms in the section "2019 names" at the end).
 from checkpoints import (  # noqa: F401
     CHECKSUMS,
     COMMIT_JOURNAL,
@@ -38,7 +42,6 @@ from checkpoints import (  # noqa: F401
     describe_runs,
     load_file,
     load_state_checked,
-    load_weights,
     nonfinite_parts,
     plain_config,
     recover_checkpoints,
@@ -60,7 +63,6 @@ from flags import (  # noqa: F401
     add_sample_parser,
     all_flags,
     bounded,
-    config_keys,
     legacy_precision_note,
     parse_given,
     prepare_parser,
@@ -346,9 +348,22 @@ def preserved_buffers(net: nn.Module):
                 b.copy_(s)
 
 
-def accumulate_standing_stats(G: nn.Module, latents: Latents, num_accumulations: int = 16
-                              ) -> None:
-    """Replace G's BN statistics by their average over `num_accumulations` fresh batches."""
+def accumulate_standing_stats(G: nn.Module, latents: Union[Latents, torch.Tensor], *args: Any,
+                              num_accumulations: int = 16) -> None:
+    """Replace G's BN statistics by their average over `num_accumulations` fresh batches.
+
+    Called as (G, latents[, num_accumulations]), or in 2019's form (G, z, y, n_classes[,
+    num_accumulations]) with z [B, dim_z] and y [B] tensors (e.g. from `prepare_z_y`), which
+    are redrawn in place as 2019 redrew them: z ~ N(0, 1) whatever z_var, y uniform.
+    """
+    if isinstance(latents, torch.Tensor):
+        if len(args) < 2:
+            raise TypeError('accumulate_standing_stats(G, z, y, n_classes[, num_accumulations]): '
+                            'give y and n_classes after z')
+        latents, args = _RedrawnZY(latents, args[0], args[1]), args[2:]
+    if len(args) > 1:
+        raise TypeError(f'accumulate_standing_stats got {len(args)} extra positional arguments')
+    num_accumulations = args[0] if args else num_accumulations
     norms = [m for m in G.modules() if isinstance(m, layers.StoredStatsNorm)]
     for m in norms:
         m.start_standing_stats()
@@ -378,18 +393,37 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def _device_of(G: nn.Module, device: Optional[Union[str, torch.device]]
+               ) -> Union[str, torch.device]:
+    """`device`, or where G's parameters are when it is None."""
+    return device if device is not None else next(G.parameters()).device
+
+
 @torch.no_grad()
 def sample_sheet(G: nn.Module, *, classes_per_sheet: int, num_classes: int,
                  samples_per_class: int, samples_root: str, experiment_name: str,
-                 folder_number: int, device: Union[str, torch.device] = 'cpu',
-                 truncation: float = 0.0, truncation_style: str = 'resample') -> list[str]:
-    """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns."""
+                 folder_number: int, device: Optional[Union[str, torch.device]] = None,
+                 truncation: float = 0.0, truncation_style: str = 'resample',
+                 parallel: bool = False, z_: Optional[torch.Tensor] = None) -> list[str]:
+    """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns.
+
+    `device` defaults to G's. 2019's keywords are taken too: `parallel` (its DataParallel
+    switch; G runs where it is, multi-GPU is DDP here) and `z_`, a `prepare_z_y` z whose
+    redraws (with its z_var, not truncated) give the sheets' z when it has a row per class.
+    """
+    device = _device_of(G, device)
+    classes = min(classes_per_sheet, num_classes)
+
+    def z_rows() -> torch.Tensor:
+        if z_ is not None and hasattr(z_, 'sample_') and classes <= z_.size(0):
+            z_.sample_()
+            return z_[:classes].as_subclass(torch.Tensor)
+        return draw_z((classes, G.dim_z), device, truncation, truncation_style)
+
     paths = []
     for i in range(max(num_classes // classes_per_sheet, 1)):
-        classes = min(classes_per_sheet, num_classes)
         y = torch.arange(i * classes, (i + 1) * classes, device=device)
-        ims = [G(draw_z((classes, G.dim_z), device, truncation, truncation_style), G.shared(y))
-               for _ in range(samples_per_class)]
+        ims = [G(z_rows(), G.shared(y)) for _ in range(samples_per_class)]
         out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
         paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
                                   f'samples{i}.jpg'))
@@ -407,10 +441,14 @@ def interp(x0: torch.Tensor, x1: torch.Tensor, num_midpoints: int) -> torch.Tens
 def interp_sheet(G: nn.Module, *, num_per_sheet: int, num_midpoints: int, num_classes: int,
                  samples_root: str, experiment_name: str, folder_number: int,
                  sheet_number: int = 0, fix_z: bool = False, fix_y: bool = False,
-                 device: Union[str, torch.device] = 'cpu', truncation: float = 0.0,
-                 truncation_style: str = 'resample') -> Optional[str]:
-    """Interpolation sheet interp{Z}{Y}{n}.jpg: rows go from one (z, class) to another."""
-    n, steps = num_per_sheet, num_midpoints + 2
+                 device: Optional[Union[str, torch.device]] = None, truncation: float = 0.0,
+                 truncation_style: str = 'resample', parallel: bool = False) -> Optional[str]:
+    """Interpolation sheet interp{Z}{Y}{n}.jpg: rows go from one (z, class) to another.
+
+    `device` defaults to G's; 2019's `parallel` is taken and changes nothing (see
+    `sample_sheet`).
+    """
+    n, steps, device = num_per_sheet, num_midpoints + 2, _device_of(G, device)
 
     def z_ends() -> torch.Tensor:
         return draw_z((n, 1, G.dim_z), device, truncation, truncation_style)
@@ -483,3 +521,169 @@ def write_npz(path: str, sample: Callable, num: int) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------------------
+# 2019 names (compatibility)
+# ----------------------------------------------------------------------------------------
+# What the 2019 sample.py, train_fns.py and notebooks call on utils, under its 2019 name and
+# call form. Also 2019 forms: accumulate_standing_stats(G, z, y, n_classes, n), and the
+# `parallel` and `z_` keywords of sample_sheet / interp_sheet. Left out: dset_dict,
+# MultiEpochSampler, CenterCropLongEdge, RandomCropLongEdge (datasets.py builds data its own
+# way, with other signatures), Adam16 (--amp), progress (tqdm), write_metadata (config.json),
+# initiate_standing_stats (standing stats end with a finish step: accumulate_standing_stats),
+# and what 2019's own code never called (default_ortho, print_grad_norms, query_gpu).
+
+# The 2019 per-dataset dicts (views of datasets.DATASETS), and its activations by --G_nl name.
+root_dict = datasets.root_dict
+imsize_dict = datasets.imsize_dict
+nclass_dict = datasets.nclass_dict
+classes_per_sheet_dict = datasets.classes_per_sheet_dict
+activation_dict = {'inplace_relu': nn.ReLU(inplace=True), 'relu': nn.ReLU(inplace=False),
+                   'ir': nn.ReLU(inplace=True)}
+get_data_loaders = datasets.get_data_loaders
+
+# Config keys the 2019 scripts set that no flag sets: 'no_optim' (2019 models built their own
+# optimizers unless it was on; ours never do), so model.Generator(**config) accepts it.
+LEGACY_CONFIG_KEYS = frozenset({'no_optim'})
+
+
+def config_keys() -> set[str]:
+    """Every key a run config may hold (flags.config_keys plus 2019's LEGACY_CONFIG_KEYS)."""
+    return flags.config_keys() | LEGACY_CONFIG_KEYS
+
+
+def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,
+                 weights_root: str, experiment_name: str, name_suffix: Optional[str] = None,
+                 G_ema: Optional[nn.Module] = None, strict: bool = True,
+                 load_optim: bool = True, *, G_optim: Optional[torch.optim.Optimizer] = None,
+                 D_optim: Optional[torch.optim.Optimizer] = None) -> dict:
+    """checkpoints.load_weights in 2019's call form too: (G, D, state_dict, weights_root,
+    experiment_name, name_suffix=None, G_ema=None, strict=True, load_optim=True).
+
+    As in 2019, every key of `state_dict` is refreshed from state_dict.pth, `config` included
+    (2019 sample.py's --config_from_name reads it there); a resume, through
+    checkpoints.load_weights, keeps its own config. `load_optim` loads G.optim / D.optim where
+    a module carries one as 2019's models did (ours do not: pass G_optim=, D_optim=). An empty
+    name_suffix means none. Returns the whole saved state.
+    """
+    if load_optim:
+        G_optim = G_optim or getattr(G, 'optim', None)
+        D_optim = D_optim or getattr(D, 'optim', None)
+    saved = checkpoints.load_weights(G, D, state_dict, weights_root, experiment_name,
+                                     name_suffix=name_suffix or None, G_ema=G_ema,
+                                     strict=strict, G_optim=G_optim, D_optim=D_optim)
+    if 'config' in state_dict and 'config' in saved:
+        state_dict['config'] = saved['config']
+    return saved
+
+
+def prepare_root(config: dict) -> None:
+    """Make the weights, logs and samples folders of a config."""
+    for key in ('weights_root', 'logs_root', 'samples_root'):
+        os.makedirs(config[key], exist_ok=True)
+
+
+def join_strings(base_string: str, strings: list[Optional[str]]) -> str:
+    """Join the non-empty strings with base_string (None and '' are left out)."""
+    return base_string.join(item for item in strings if item)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Print (as 2019 did) and return the number of parameters of a module."""
+    count = sum(p.numel() for p in module.parameters())
+    print(f'Number of parameters: {count}')
+    return count
+
+
+def _default_device(device: Optional[Union[str, torch.device]]) -> Union[str, torch.device]:
+    """`device`, else CUDA when there is one, else the CPU (2019's default was 'cuda')."""
+    return device or ('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def sample_1hot(batch_size: int, num_classes: int,
+                device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """Uniform class indices [batch_size] (2019's name: not one-hot); device as prepare_z_y."""
+    return torch.randint(0, num_classes, (batch_size,), device=_default_device(device))
+
+
+class Distribution(torch.Tensor):
+    """2019's z_/y_: a tensor that redraws itself in place with `sample_()`.
+
+    'normal' draws N(mean, var²) (`var` is the std, as 2019 used it; sample.py's truncation
+    sweep sets it), 'categorical' uniform indices below `num_categories`. As in 2019 the
+    attributes `mean` and `var` hide Tensor.mean()/var() (use torch.mean(z_)). Operations on
+    it give plain tensors.
+    """
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __new__(cls, data: torch.Tensor) -> Distribution:
+        return torch.Tensor._make_subclass(cls, data)
+
+    def init_distribution(self, dist_type: str, **kwargs: Any) -> None:
+        """Set the law: 'normal' (mean=, var=) or 'categorical' (num_categories=)."""
+        if dist_type not in ('normal', 'categorical'):
+            raise ValueError(f'Distribution type {dist_type!r}: normal or categorical')
+        self.dist_type, self.dist_kwargs = dist_type, kwargs
+        if dist_type == 'normal':
+            self.mean, self.var = kwargs['mean'], kwargs['var']
+        else:
+            self.num_categories = kwargs['num_categories']
+
+    def sample_(self) -> Distribution:
+        """Redraw in place; returns self."""
+        if self.dist_type == 'normal':
+            self.normal_(self.mean, self.var)
+        else:
+            self.random_(0, self.num_categories)
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Distribution:
+        """torch.Tensor.to, keeping the law."""
+        new = Distribution(super().to(*args, **kwargs))
+        new.init_distribution(self.dist_type, **self.dist_kwargs)
+        if self.dist_type == 'normal':  # the law as it is now (the sweep changes var)
+            new.mean, new.var = self.mean, self.var
+        return new
+
+
+def prepare_z_y(G_batch_size: int, dim_z: int, nclasses: int,
+                device: Optional[Union[str, torch.device]] = None, fp16: bool = False,
+                z_var: float = 1.0) -> tuple[Distribution, Distribution]:
+    """2019's latents: z_ [B, dim_z] ~ N(0, z_var²) (float16 with fp16) and y_ [B] int64
+    class indices, as Distributions (`z_.sample_()`, `z_.var`). `device` defaults to CUDA when
+    there is one, else the CPU (2019: always 'cuda'). `Latents` is this code's own form."""
+    device = _default_device(device)
+    z_ = Distribution(torch.randn(G_batch_size, dim_z))
+    z_.init_distribution('normal', mean=0, var=z_var)
+    z_ = z_.to(device, torch.float16 if fp16 else torch.float32)
+    y_ = Distribution(torch.zeros(G_batch_size))
+    y_.init_distribution('categorical', num_categories=nclasses)
+    return z_, y_.to(device, torch.int64)
+
+
+class _RedrawnZY:
+    """2019's standing-stats draws as a `Latents`: z ~ N(0, 1) and y uniform, in place."""
+
+    def __init__(self, z: torch.Tensor, y: torch.Tensor, n_classes: int):
+        self.z, self.y, self.n_classes = z, y, n_classes
+
+    def sample_(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Redraw z and y in place; returns them as plain tensors."""
+        self.z.normal_()
+        self.y.random_(0, self.n_classes)
+        return self.z.as_subclass(torch.Tensor), self.y.as_subclass(torch.Tensor)
+
+
+@torch.no_grad()
+def sample(G: nn.Module, z_: Distribution, y_: Distribution, config: Optional[dict] = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """2019's sample(): redraw z_ and y_ (from `prepare_z_y`), return (G(z, G.shared(y)), y).
+
+    config['parallel'] changes nothing (see `sample_sheet`). y is a copy: on the CPU,
+    2019's .cpu() of y_ would keep the buffer that the next call redraws.
+    """
+    z_.sample_()
+    y_.sample_()
+    y = y_.as_subclass(torch.Tensor)
+    return G(z_.as_subclass(torch.Tensor), G.shared(y)), y.clone()
