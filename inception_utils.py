@@ -1,5 +1,5 @@
 """The Inception networks' weights, the Inception statistics of N images, and the metrics of
-a G (IS, FID, KID, precision/recall).
+a G (IS, FID, KID, precision/recall, density/coverage).
 
 The two networks (inception_net.py: 'torchvision', the 2019 release's default, whose numbers
 are "for monitoring" only; 'tf', the TensorFlow FID Inception whose numbers compare with the
@@ -10,16 +10,18 @@ about, since its numbers compare with no one's.
 
 `accumulate_inception_stats` runs a network over N images in constant memory, feeding the
 IS and moments accumulators of metrics.py (where the metric mathematics lives), and keeps
-the pool features when KID and precision/recall need them.
+the pool features when KID, precision/recall and density/coverage need them
+(`compare_features` computes those four from real and fake features).
 `prepare_inception_metrics` returns the function training and sample.py call for the
-metrics: IS and FID as in 2019, and KID and precision/recall when the data's real-features
-file (`features_file`, written with the moments) exists. The data's moments and features
-files are moments_files.py's; their functions are importable from here too.
+metrics: IS and FID as in 2019, and KID, precision/recall and density/coverage when the
+data's real-features file (`features_file`, written with the moments) exists. The data's
+moments and features files are moments_files.py's; their functions are importable from here
+too.
 
 Example:
     get_metrics = prepare_inception_metrics('data/I128_inception_moments.npz', device='cuda')
     IS_mean, IS_std, FID = result = get_metrics(sample, 50000)  # sample() -> (images, labels)
-    result.KID_mean, result.precision  # None without data/I128_inception_moments_features.npz
+    result.KID_mean, result.density  # None without data/I128_inception_moments_features.npz
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from metrics import (
     InceptionMetrics,
     ISAccumulator,
     MomentsAccumulator,
+    density_coverage,
     kernel_inception_distance,
     knn_radii,
     precision_recall,
@@ -56,6 +59,7 @@ from metrics import (
 from moments_files import (
     PathLike,
     features_file,
+    load_feature_labels,
     load_features,
     load_moments,
     moments_file,
@@ -65,18 +69,19 @@ from moments_files import (
 
 # Public names, with those of inception_net.py and moments_files.py kept importable from here.
 __all__ = ['INCEPTIONS', 'WEIGHTS_URLS', 'WEIGHTS_SHA256', 'POOL_DIM', 'NUM_FEATURES', 'PR_K',
-           'TRUNK', 'InceptionNet', 'InceptionWeightsWarning', 'hub_weights_path',
+           'DC_K', 'TRUNK', 'InceptionNet', 'InceptionWeightsWarning', 'hub_weights_path',
            'resolve_inception_weights', 'check_weights_hash', 'load_inception_net',
-           'feature_subset', 'accumulate_inception_stats', 'moments_file', 'save_moments',
-           'load_moments', 'features_file', 'save_features', 'load_features',
-           'check_inception_ready', 'prepare_inception_metrics']
+           'feature_subset', 'accumulate_inception_stats', 'compare_features', 'moments_file',
+           'save_moments', 'load_moments', 'features_file', 'save_features', 'load_features',
+           'load_feature_labels', 'check_inception_ready', 'prepare_inception_metrics']
 
 WEIGHTS_URLS = {'torchvision': torchvision.models.Inception_V3_Weights.IMAGENET1K_V1.url,
                 'tf': FID_WEIGHTS_URL}
 # First 8 hex digits of the published files' SHA-256, as their names carry them.
 WEIGHTS_SHA256 = {'torchvision': '0cc3c7bd', 'tf': '6726825d'}
-NUM_FEATURES = 50000  # real features kept for KID and precision/recall (a random subset)
+NUM_FEATURES = 50000  # real features kept for KID, P/R, density/coverage (a random subset)
 PR_K = 3  # the k of the precision/recall k-NN balls (Kynkaenniemi et al.)
+DC_K = 5  # the k of the density/coverage k-NN balls (Naeem et al.; the prdc package's)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -347,6 +352,24 @@ def accumulate_inception_stats(net: nn.Module, batches: Iterable, num_images: in
 
 # ----------------------------------------------------------------------------- metrics of G
 
+def compare_features(real: torch.Tensor, fake: torch.Tensor,
+                     real_radii: Optional[dict] = None) -> dict[str, float]:
+    """KID_mean, KID_std, precision, recall, density and coverage of fake [m, 2048] against
+    real [n, 2048] pool features, on fake's device, with the defaults every caller shares (k
+    PR_K and DC_K). `real_radii`, a dict kept by the caller, caches the reals' k-NN radii by k
+    for the next call with the same real features."""
+    real = real.to(fake.device)
+    radii = {} if real_radii is None else real_radii
+    for k in (PR_K, DC_K):
+        if k not in radii:
+            radii[k] = knn_radii(real, k)
+    KID_mean, KID_std = kernel_inception_distance(real, fake)
+    precision, recall = precision_recall(real, fake, k=PR_K, real_radii=radii[PR_K])
+    density, coverage = density_coverage(real, fake, k=DC_K, real_radii=radii[DC_K])
+    return dict(KID_mean=KID_mean, KID_std=KID_std, precision=precision, recall=recall,
+                density=density, coverage=coverage)
+
+
 def check_inception_ready(moments_path: PathLike, inception: str = 'torchvision',
                           inception_weights: Optional[PathLike] = None,
                           no_fid: bool = False, *, resolution: Optional[int] = None,
@@ -383,7 +406,8 @@ def prepare_inception_metrics(moments_path: PathLike, inception: Union[str, bool
     `moments_path` is the dataset's moments file (datasets.DatasetSpec.moments_path); the
     'tf' network reads `moments_file(moments_path, 'tf')`. With `no_fid` no moments are
     read or computed and FID is returned as None. When the real-features file
-    (`features_file`) exists, KID and precision/recall are computed too (not with `no_fid`).
+    (`features_file`) exists, KID, precision/recall and density/coverage are computed too
+    (not with `no_fid`).
     """
     if isinstance(inception, bool) or parallel is not None:
         return _prepare_inception_metrics_2019(str(moments_path),
@@ -398,17 +422,18 @@ def prepare_inception_metrics(moments_path: PathLike, inception: Union[str, bool
                                                         inception_weights=inception_weights))
     net = load_inception_net(inception=inception, inception_weights=inception_weights,
                              device=device)
-    real_radii = []  # the real features' k-NN radii, computed at the first call
+    real_radii = {}  # the real features' k-NN radii by k, computed at the first call
 
     def get_inception_metrics(sample: Callable, num_inception_images: int, num_splits: int = 10
                               ) -> InceptionMetrics:
         """(IS mean, IS std, FID or None) of num_inception_images drawn by repeated sample(),
-        with .KID_mean, .KID_std, .precision, .recall (None without real features).
+        with .KID_mean, .KID_std, .precision, .recall, .density, .coverage (None without
+        real features).
 
         A metrics.InceptionMetrics: unpacks into the three values 2019's function returned;
         .record() gives the computed ones as a dict. sample() returns (images in [-1, 1]
-        [B, 3, R, R], labels). One pass over the samples feeds every metric; FID, KID and
-        precision/recall are computed on the network's device. Prints nothing: under DDP
+        [B, 3, R, R], labels). One pass over the samples feeds every metric; FID and the
+        `compare_features` are computed on the network's device. Prints nothing: under DDP
         every rank calls it (and gets the same numbers).
         """
         batches = (sample()[0] for _ in itertools.count())  # stops at N images
@@ -422,14 +447,8 @@ def prepare_inception_metrics(moments_path: PathLike, inception: Union[str, bool
         FID = torch_calculate_frechet_distance(mu, sigma, data_mu, data_sigma)
         if real_feats is None:
             return InceptionMetrics(IS_mean, IS_std, FID)
-        fake = fake[0]
-        real = real_feats.to(fake.device)
-        if not real_radii:
-            real_radii.append(knn_radii(real, PR_K))
-        KID_mean, KID_std = kernel_inception_distance(real, fake)
-        precision, recall = precision_recall(real, fake, k=PR_K, real_radii=real_radii[0])
-        return InceptionMetrics(IS_mean, IS_std, FID, KID_mean=KID_mean, KID_std=KID_std,
-                                precision=precision, recall=recall)
+        return InceptionMetrics(IS_mean, IS_std, FID,
+                                **compare_features(real_feats, fake[0], real_radii))
 
     return get_inception_metrics
 

@@ -1,4 +1,5 @@
-"""Metric mathematics on features and class probabilities: IS, FID, KID, precision/recall.
+"""Metric mathematics on features and class probabilities: IS, FID, KID, precision/recall,
+density/coverage and intra-class FID.
 
 Nothing here knows which network made the numbers: inception_utils.py runs the Inception
 network and feeds these. IS and the FID moments stream over batches in constant memory and
@@ -6,7 +7,8 @@ all-reduce across DDP ranks. FID takes tr sqrtm(S1 S2) from the eigenvalues of a
 PSD matrix similar to S1 S2, in float64: as exact as scipy's `sqrtm` reference, finite on
 rank-deficient covariances and 20x+ faster (see benchmarks/bench_fid.py). KID and
 precision/recall, the metrics for small data, take the features themselves (50k x 2048
-float32 is 400 MB) and agree with torch-fidelity's implementations (tests/test_metrics.py).
+float32 is 400 MB) and agree with torch-fidelity's implementations; density/coverage with the
+`prdc` package's; intra-class FID is the mean of per-class FIDs (tests/test_metrics.py).
 
 Example:
     acc = MomentsAccumulator(2048)
@@ -15,6 +17,8 @@ Example:
     fid = torch_calculate_frechet_distance(*acc.compute(), data_mu, data_sigma)
     kid_mean, kid_std = kernel_inception_distance(real_feats, fake_feats)
     precision, recall = precision_recall(real_feats, fake_feats)
+    density, coverage = density_coverage(real_feats, fake_feats)
+    mean, per_class, skipped = intra_class_fid(real_feats, real_labels, fake_feats, labels)
 """
 from __future__ import annotations
 
@@ -327,28 +331,123 @@ def precision_recall(real: Array, fake: Array, *, k: int = 3,
     return precision, recall
 
 
+# ----------------------------------------------------------------------------- density/coverage
+
+def density_coverage(real: Array, fake: Array, *, k: int = 5, batch_size: Optional[int] = 1024,
+                     real_radii: Optional[torch.Tensor] = None) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for
+    Generative Models") of fake [m, d] against real [n, d] features: (density, coverage).
+
+    With each real sample's ball of radius its distance to its k-th nearest other real sample
+    (`knn_radii`), density is the mean over fakes of the number of real balls holding the fake,
+    divided by k (1 when fakes are spread as the reals are; it is not capped at 1), and
+    coverage the fraction of real balls that hold at least one fake. Inside means strictly
+    closer than the radius, as in the paper's code, the `prdc` package (whose k = 5 default
+    this takes), which this matches. Distances are float64, in blocks of `batch_size` rows;
+    `real_radii`, the reals' `knn_radii` with the same k, spares recomputing them.
+    """
+    x = torch.as_tensor(real).to(torch.float64)
+    y = torch.as_tensor(fake).to(x.device, torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f'density/coverage need features [n, d] of equal d, got '
+                         f'{tuple(x.shape)} and {tuple(y.shape)}')
+    if real_radii is None:
+        real_radii = knn_radii(x, k, batch_size)
+    elif real_radii.shape != (len(x),):
+        raise ValueError(f'real_radii has shape {tuple(real_radii.shape)}, real has {len(x)} '
+                         f'samples')
+    radii = real_radii.to(x.device, torch.float64)
+    balls_per_fake = torch.cat([(torch.cdist(block, x) < radii).sum(1, dtype=torch.float64)
+                                for block in _row_blocks(y, batch_size)])
+    nearest_fake = torch.cat([torch.cdist(block, y).min(1).values
+                              for block in _row_blocks(x, batch_size)])
+    return float(balls_per_fake.mean() / k), float((nearest_fake < radii).double().mean())
+
+
+# ----------------------------------------------------------------------------- intra-class FID
+
+def frechet_distance_of_features(feats1: Array, feats2: Array) -> float:
+    """FID between two sets of features [n1, d] and [n2, d] (covariances with ddof 1, as np.cov).
+
+    When the n1 x n2 cross product is smaller than a d x d covariance (few samples, as per
+    class), tr sqrtm(s1 s2) is taken exactly as the nuclear norm of X1 X2^T / sqrt((n1 - 1)
+    (n2 - 1)) for the centred features X (s1 s2 and (X1 X2^T)(X1 X2^T)^T share their nonzero
+    eigenvalues): no d x d matrix is formed. Otherwise the moments go to
+    `torch_calculate_frechet_distance`.
+    """
+    x1 = torch.as_tensor(feats1).to(torch.float64)
+    x2 = torch.as_tensor(feats2).to(x1.device, torch.float64)
+    (n1, d), n2 = x1.shape, len(x2)
+    if min(n1, n2) < 2:
+        raise ValueError(f'FID needs at least 2 samples of each, got {n1} and {n2}')
+    mu1, mu2 = x1.mean(0), x2.mean(0)
+    if n1 * n2 > d * d:
+        return torch_calculate_frechet_distance(mu1, torch.cov(x1.T), mu2, torch.cov(x2.T))
+    c1, c2 = x1 - mu1, x2 - mu2
+    traces = float((c1 * c1).sum()) / (n1 - 1) + float((c2 * c2).sum()) / (n2 - 1)
+    cross = torch.linalg.svdvals(c1 @ c2.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    diff = mu1 - mu2
+    return max(float(diff @ diff) + traces - 2 * float(cross), 0.0)
+
+
+def intra_class_fid(real: Array, real_labels: Array, fake: Array, fake_labels: Array,
+                    min_samples: int = 2) -> tuple[Optional[float], dict, dict]:
+    """Intra-class FID: the mean over classes of the FID between the fake and the real
+    features of that class (Miyato & Koyama 2018). Returns (mean or None, {class: FID},
+    {skipped class: why}).
+
+    A class is skipped when either side has fewer than `min_samples` (at least 2) features of
+    it: a covariance needs 2 samples. Every class seen on either side is measured or skipped.
+    Per-class FIDs from fewer samples than feature dimensions are biased upwards (their
+    covariances are rank-deficient): compare them only at equal sample counts.
+    """
+    real, fake = torch.as_tensor(real), torch.as_tensor(fake)
+    real_labels = np.asarray(torch.as_tensor(real_labels).cpu()).astype(np.int64)
+    fake_labels = np.asarray(torch.as_tensor(fake_labels).cpu()).astype(np.int64)
+    if len(real_labels) != len(real) or len(fake_labels) != len(fake):
+        raise ValueError(f'intra-class FID needs one label per feature: got {len(real_labels)} '
+                         f'labels for {len(real)} real and {len(fake_labels)} for {len(fake)} '
+                         f'fake features')
+    min_samples = max(min_samples, 2)
+    per_class, skipped = {}, {}
+    for c in np.union1d(real_labels, fake_labels).tolist():
+        in_real, in_fake = real_labels == c, fake_labels == c
+        n_real, n_fake = int(in_real.sum()), int(in_fake.sum())
+        if min(n_real, n_fake) < min_samples:
+            skipped[c] = (f'{n_fake} samples and {n_real} reference features; a covariance '
+                          f'needs at least {min_samples} of each')
+            continue
+        per_class[c] = frechet_distance_of_features(
+            real[torch.from_numpy(in_real).to(real.device)],
+            fake[torch.from_numpy(in_fake).to(fake.device)])
+    mean = float(np.mean(list(per_class.values()))) if per_class else None
+    return mean, per_class, skipped
+
+
 # ----------------------------------------------------------------------------- results
 
 class InceptionMetrics(tuple):
     """What get_inception_metrics returns: (IS_mean, IS_std, FID) as in 2019, unpacking into
-    exactly those three, with KID_mean, KID_std, precision and recall as attributes (None
-    when not computed)."""
+    exactly those three, with KID_mean, KID_std, precision, recall, density and coverage as
+    attributes (None when not computed)."""
 
-    KEYS = ('IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'precision', 'recall')
+    KEYS = ('IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'precision', 'recall',
+            'density', 'coverage')
 
     def __new__(cls, IS_mean: float, IS_std: float, FID: Optional[float] = None, *,
                 KID_mean: Optional[float] = None, KID_std: Optional[float] = None,
-                precision: Optional[float] = None, recall: Optional[float] = None):
+                precision: Optional[float] = None, recall: Optional[float] = None,
+                density: Optional[float] = None, coverage: Optional[float] = None):
         self = super().__new__(cls, (IS_mean, IS_std, FID))
         self.KID_mean, self.KID_std = KID_mean, KID_std
         self.precision, self.recall = precision, recall
+        self.density, self.coverage = density, coverage
         return self
 
     def record(self) -> dict:
         """IS_mean, IS_std and FID (None with --no_fid), and those of KID_mean, KID_std,
-        precision, recall that were computed, as floats for a jsonl log."""
-        values = dict(zip(self.KEYS, (*self, self.KID_mean, self.KID_std, self.precision,
-                                      self.recall)))
+        precision, recall, density, coverage that were computed, as floats for a jsonl log."""
+        values = dict(zip(self.KEYS, (*self, *(getattr(self, k) for k in self.KEYS[3:]))))
         return {k: None if v is None else float(v) for k, v in values.items()
                 if v is not None or k in self.KEYS[:3]}
 
@@ -357,7 +456,8 @@ class InceptionMetrics(tuple):
 
 
 def small_data_metrics(result: tuple) -> dict[str, float]:
-    """KID_mean, KID_std, precision and recall of a get_inception_metrics result, those
-    computed ({} for a plain (IS_mean, IS_std, FID) tuple, as custom metric functions give)."""
+    """KID_mean, KID_std, precision, recall, density and coverage of a get_inception_metrics
+    result, those computed ({} for a plain (IS_mean, IS_std, FID) tuple, as custom metric
+    functions give)."""
     return {k: float(getattr(result, k)) for k in InceptionMetrics.KEYS[3:]
             if getattr(result, k, None) is not None}

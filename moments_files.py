@@ -4,9 +4,10 @@ reading them back with checks that they fit the network.
 - Moments (FID): `<root>/<name>_inception_moments.npz` holds mu [2048] and sigma [2048, 2048]
   (float64) of the torchvision network's pool features, as in 2019; the TF network's are
   `<stem>_tf.npz` beside it. Each file names the network that made it.
-- Real features (KID, precision/recall): `<stem>_features.npz` (or `<stem>_tf_features.npz`),
-  at most inception_utils.NUM_FEATURES pool features [n, 2048] (float32), written in the same
-  pass as the moments.
+- Real features (KID, precision/recall, density/coverage): `<stem>_features.npz` (or
+  `<stem>_tf_features.npz`), at most inception_utils.NUM_FEATURES pool features [n, 2048]
+  (float32), written in the same pass as the moments, and optionally their class `labels` [n]
+  (int64), which intra-class FID needs (evaluate.py).
 A missing or unfit file is refused with the `calculate_inception_moments.py` command that
 (re)makes it, worked out from the data found beside it.
 
@@ -129,13 +130,21 @@ def features_file(moments_path: PathLike, inception: str = 'torchvision') -> Pat
     return path.with_name(f'{path.stem}_features{path.suffix}')
 
 
-def save_features(path: PathLike, feats: Array, inception: str, num_images: int) -> None:
-    """Write real pool features [n, 2048] (float32), the network's name and the number of
-    images they were drawn from, atomically."""
+def save_features(path: PathLike, feats: Array, inception: str, num_images: int,
+                  labels: Optional[Array] = None) -> None:
+    """Write real pool features [n, 2048] (float32), the network's name, the number of images
+    they were drawn from and, when given, their class labels [n] (int64), atomically."""
     path = Path(path)
+    feats = np.asarray(torch.as_tensor(feats).cpu(), np.float32)
+    extra = {}
+    if labels is not None:
+        extra['labels'] = np.asarray(torch.as_tensor(labels).cpu(), np.int64)
+        if extra['labels'].shape != (len(feats),):
+            raise ValueError(f'{len(feats)} features but labels of shape '
+                             f'{extra["labels"].shape}')
     tmp = path.with_name(path.name + '.tmp.npz')
-    np.savez(tmp, features=np.asarray(torch.as_tensor(feats).cpu(), np.float32),
-             inception=np.array(inception), num_images=np.array(num_images))
+    np.savez(tmp, features=feats, inception=np.array(inception),
+             num_images=np.array(num_images), **extra)
     os.replace(tmp, path)
 
 
@@ -145,8 +154,7 @@ def load_features(path: PathLike, inception: str = 'torchvision', *,
     """Real pool features [n, 2048] (float32) from a features file, checking it exists and
     fits the network, as `load_moments` does; the errors name the command that writes it."""
     path = Path(path)
-    moments = path.with_name(path.name.removesuffix(f'_features{path.suffix}') + path.suffix)
-    command = _moments_command(moments, inception, resolution, inception_weights)
+    command = _features_command(path, inception, resolution, inception_weights)
     if not path.is_file():
         raise FileNotFoundError(f'KID/precision-recall features file {path} not found; make '
                                 f'it (with the moments, in one pass) with: {command}')
@@ -162,3 +170,31 @@ def load_features(path: PathLike, inception: str = 'torchvision', *,
     _check_made_with(path, made_with, inception, command)
     return feats
 
+
+def _features_command(path: Path, inception: str, resolution: Optional[int],
+                      inception_weights: Optional[PathLike]) -> str:
+    """The command that writes the features file `path` (with its moments file)."""
+    moments = path.with_name(path.name.removesuffix(f'_features{path.suffix}') + path.suffix)
+    return _moments_command(moments, inception, resolution, inception_weights)
+
+
+def load_feature_labels(path: PathLike, n: int, inception: str = 'torchvision', *,
+                        required: bool = False, resolution: Optional[int] = None,
+                        inception_weights: Optional[PathLike] = None) -> Optional[np.ndarray]:
+    """The class labels [n] (int64) of the n features `load_features` read from a features
+    file, or None if it has none (files from before labels were stored); with `required`,
+    none is refused naming the command that remakes the file."""
+    path = Path(path)
+    with np.load(path) as f:
+        labels = f['labels'] if 'labels' in f else None
+    if labels is None:
+        if not required:
+            return None
+        command = _features_command(path, inception, resolution, inception_weights)
+        raise ValueError(f'{path} holds no class labels of its features, which intra-class FID '
+                         f'needs (files written before labels were stored lack them); remake '
+                         f'it with: {command}')
+    if labels.shape != (n,) or labels.dtype.kind not in 'iu':
+        raise ValueError(f'{path} holds labels of shape {labels.shape} and dtype {labels.dtype}'
+                         f' for {n} features; expected integers of shape ({n},)')
+    return labels.astype(np.int64)

@@ -7,7 +7,9 @@ precision, the run) and one function per mode.
     save_random_grid    samples/<exp>/random_samples.jpg               (--sample_random)
     log_metrics         logs/<exp>_sample_metrics.jsonl, one record    (--sample_inception_metrics)
     sweep_truncation    logs/<exp>_trunc_curves.{jsonl,png}            (--sample_trunc_curves)
-`measure` is the IS/FID (KID, precision/recall) record the last two write per call.
+`measure` is the IS/FID (KID, precision/recall, density/coverage) record the last two write
+per call, of the samples as 8-bit images (`as_saved`): evaluate.py of the npz of the same
+samples gives the same numbers.
 
 Example (what `python sample.py --experiment_name my_run --sample_sheets` does):
     config, weights_file, itr = sample.resolve_config(['--experiment_name', 'my_run'])
@@ -29,6 +31,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import bn_stats
+import datasets
 import metrics
 import train_fns
 import utils
@@ -146,25 +149,45 @@ def save_random_grid(s: Sampler) -> str:
     return path
 
 
+def as_saved(sample: Callable) -> Callable:
+    """sample() with its images rounded to 8 bits as save_npz stores them and read back as the
+    data are (datasets.to_float): the metrics of sample.py and evaluate.py of the npz of the
+    same samples are then the same numbers, and samples are measured as the data were."""
+    def quantised() -> tuple[torch.Tensor, torch.Tensor]:
+        images, y = sample()
+        x = utils.to_uint8(images).permute(0, 3, 1, 2).cpu().numpy()  # uint8 [B, 3, R, R]
+        return datasets.to_float(x), y
+    return quantised
+
+
+def _small_data_text(m: dict) -> str:
+    """', KID m +/- s, precision p, recall r, density d, coverage c', of those in m."""
+    parts = [f"KID {m['KID_mean']:.5f} +/- {m['KID_std']:.5f}"] if 'KID_mean' in m else []
+    parts += [f'{k} {m[k]:.3f}' for k in ('precision', 'recall', 'density', 'coverage')
+              if k in m]
+    return ''.join(f', {part}' for part in parts)
+
+
 def measure(s: Sampler, latents: utils.Latents, **what) -> dict:
-    """IS/FID (and KID, precision/recall when the data's real-features file exists) of
-    num_inception_images samples from `latents`, as a record naming `what`."""
+    """IS/FID (and KID, precision/recall, density/coverage when the data's real-features file
+    exists) of num_inception_images samples from `latents`, as a record naming `what`.
+
+    The samples are measured as 8-bit images (`as_saved`), as the npz holds them.
+    """
     config, n = s.config, s.config['num_inception_images']
     with tqdm(total=n, desc='IS/FID samples', unit='img', file=sys.stdout) as bar:
         start = time.perf_counter()
-        result = s.get_metrics(s.sample_fn(latents, bar), n, num_splits=10)
+        result = s.get_metrics(as_saved(s.sample_fn(latents, bar)), n, num_splits=10)
     IS_mean, IS_std, FID = result
-    small_data = metrics.small_data_metrics(result)  # KID, precision/recall if computed
+    small_data = metrics.small_data_metrics(result)  # KID, P/R, density/coverage if computed
     record = dict(itr=s.itr, weights=str(s.weights_file), **what, IS_mean=float(IS_mean),
                   IS_std=float(IS_std), FID=None if FID is None else float(FID), **small_data,
                   num_inception_images=n, G_batch_size=config['G_batch_size'],
                   G_eval_mode=config['G_eval_mode'],
                   standing_accumulations=config['num_standing_accumulations']
                   if config['accumulate_stats'] else 0)
-    kid_pr = (f", KID {small_data['KID_mean']:.5f} +/- {small_data['KID_std']:.5f}, precision "
-              f"{small_data['precision']:.3f}, recall {small_data['recall']:.3f}"
-              if small_data else '')
-    print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']}{kid_pr} "
+    print(f"{what}: IS {IS_mean:.3f} +/- {IS_std:.3f}, FID {record['FID']}"
+          f"{_small_data_text(small_data)} "
           f"({n / (time.perf_counter() - start):.1f} images/s with Inception)")
     return record
 

@@ -190,8 +190,9 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
          sample: Callable, get_inception_metrics: Callable,
          test_log: Optional[utils.MetricsLogger] = None, extra: Optional[dict] = None,
          is_main: bool = True) -> dict:
-    """IS/FID (and KID, precision/recall when the data's real-features file exists) of the
-    sampling G; keep the `num_best_copies` best checkpoints by --which_best; log to jsonl.
+    """IS/FID (and KID, precision/recall, density/coverage when the data's real-features file
+    exists) of the sampling G; keep the `num_best_copies` best checkpoints by --which_best;
+    log to jsonl.
 
     Under DDP every rank calls this (each samples its share of the images); only the main
     rank saves and logs.
@@ -203,7 +204,7 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
         result = get_inception_metrics(sample, config['num_inception_images'], num_splits=10)
     IS_mean, IS_std, FID = result
     FID = None if FID is None else float(FID)  # None with --no_fid
-    small_data = metrics.small_data_metrics(result)  # KID, precision/recall if computed
+    small_data = metrics.small_data_metrics(result)  # KID, P/R, density/coverage if computed
     KID = small_data.get('KID_mean')
     state_dict.setdefault('best_KID', 999999)  # state dicts from before KID lack it
     improved = {'IS': IS_mean > state_dict['best_IS'],

@@ -1,5 +1,6 @@
 """Tests of metrics.py: FID against scipy and exact references, IS by hand, streaming moments,
-KID and precision/recall against torch-fidelity and by hand."""
+KID and precision/recall against torch-fidelity and by hand, density/coverage against prdc
+and by hand, intra-class FID against torch-fidelity's FID per class."""
 import functools
 import inspect
 import math
@@ -277,12 +278,103 @@ def test_kid_and_precision_recall_refuse_too_few_samples():
 
 def test_inception_metrics_unpack_into_the_2019_three_values():
     result = metrics.InceptionMetrics(5.0, 0.5, 30.0, KID_mean=0.02, KID_std=0.001,
-                                      precision=0.7, recall=0.4)
+                                      precision=0.7, recall=0.4, density=1.1, coverage=0.6)
     IS_mean, IS_std, FID = result
     assert (IS_mean, IS_std, FID) == (5.0, 0.5, 30.0) and result == (5.0, 0.5, 30.0)
     assert (result.KID_mean, result.precision, result.recall) == (0.02, 0.7, 0.4)
     assert result.record() == dict(IS_mean=5.0, IS_std=0.5, FID=30.0, KID_mean=0.02,
-                                   KID_std=0.001, precision=0.7, recall=0.4)
+                                   KID_std=0.001, precision=0.7, recall=0.4, density=1.1,
+                                   coverage=0.6)
+    assert metrics.small_data_metrics(result) == dict(KID_mean=0.02, KID_std=0.001,
+                                                      precision=0.7, recall=0.4, density=1.1,
+                                                      coverage=0.6)
     is_only = metrics.InceptionMetrics(5.0, 0.5, None)
     assert is_only.KID_mean is None and is_only.record() == dict(IS_mean=5.0, IS_std=0.5,
                                                                  FID=None)
+
+
+# ----------------------------------------------------------------------------- density/coverage
+
+@pytest.mark.parametrize('n_real, n_fake, dim, seed, scale, duplicates', [
+    (500, 400, 64, 0, 1.1, 0), (300, 250, 2048, 1, 1.01, 0), (350, 200, 16, 2, 1.05, 40)])
+def test_density_coverage_match_prdc(n_real, n_fake, dim, seed, scale, duplicates):
+    from prdc import compute_prdc
+    real = relu_features(n_real, dim, seed)
+    fake = relu_features(n_fake, dim, seed + 100, shift=0.02, scale=scale)
+    if duplicates:  # repeated rows: the k-th neighbour may be at distance 0
+        real[-duplicates:] = real[:duplicates]
+    density, coverage = metrics.density_coverage(real, fake, batch_size=96)
+    ref = compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)
+    assert (density, coverage) == pytest.approx((ref['density'], ref['coverage']), rel=0,
+                                                abs=1e-6)
+    assert 0.05 < coverage < 0.95 and density > 0.05  # neither all nor nothing
+    assert inspect.signature(metrics.density_coverage).parameters['k'].default == 5
+
+
+def test_density_coverage_by_hand():
+    """1-D points, k = 1: strictly inside counts, a fake on a ball's boundary does not."""
+    real = torch.tensor([[0.0], [1.0], [3.0]])  # radii (1st other neighbour): 1, 1, 2
+    fake = torch.tensor([[0.5], [5.0], [2.0]])
+    # 0.5 is in the balls of 0 and 1; 5 is exactly 2 from 3 (radius 2): outside; 2 is in the
+    # ball of 3 only (1 from 1, whose radius is 1: the boundary). Covered: 0 and 1 (by 0.5),
+    # 3 (by 2).
+    density, coverage = metrics.density_coverage(real, fake, k=1)
+    assert density == pytest.approx((2 + 0 + 1) / 3) and coverage == 1.0
+    radii = metrics.knn_radii(real, k=1)
+    assert metrics.density_coverage(real, fake, k=1, real_radii=radii, batch_size=1) == (
+        density, coverage)
+    with pytest.raises(ValueError, match='real_radii has shape'):
+        metrics.density_coverage(real, fake, k=1, real_radii=radii[:2])
+    with pytest.raises(ValueError, match='k = 5 need more than 5 samples, got 3'):
+        metrics.density_coverage(real, fake)
+
+
+def test_density_is_about_1_for_the_same_distribution_and_0_far_away():
+    x, y = relu_features(400, 16, seed=8), relu_features(400, 16, seed=9)
+    density, coverage = metrics.density_coverage(x, y)
+    assert 0.8 < density < 1.2 and coverage > 0.9
+    assert metrics.density_coverage(x, y + 100) == (0.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- intra-class FID
+
+def torch_fidelity_fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """torch-fidelity's FID of two sets of features."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    return fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b),
+                                    False)['frechet_inception_distance']
+
+
+@pytest.mark.parametrize('n1, n2, dim', [(20, 30, 64), (300, 250, 16), (40, 2, 8)])
+def test_fid_of_features_matches_references_by_either_route(n1, n2, dim):
+    """Few samples: the nuclear norm route; many: the moments route. Both are exact."""
+    x1 = relu_features(n1, dim, seed=10).numpy()
+    x2 = relu_features(n2, dim, seed=11, shift=0.1, scale=1.2).numpy()
+    fid = metrics.frechet_distance_of_features(torch.from_numpy(x1), x2)
+    if min(n1, n2) > dim:  # full rank: torch-fidelity's eigvals route is exact
+        assert fid == pytest.approx(torch_fidelity_fid(torch.from_numpy(x1),
+                                                       torch.from_numpy(x2)), rel=1e-6)
+    else:  # rank-deficient: the exact reference of test_fid_rank_deficient_is_exact
+        c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+        ref = (((x1.mean(0) - x2.mean(0)) ** 2).sum() + np.trace(np.cov(x1, rowvar=False))
+               + np.trace(np.cov(x2, rowvar=False)) - 2 * nuclear_reference(c1, c2))
+        assert fid == pytest.approx(ref, rel=1e-6)
+    with pytest.raises(ValueError, match='at least 2 samples of each, got 1'):
+        metrics.frechet_distance_of_features(x1[:1], x2)
+
+
+def test_intra_class_fid_is_the_mean_of_per_class_fids():
+    real, fake = relu_features(200, 8, seed=12), relu_features(150, 8, seed=13, scale=1.3)
+    real_y, fake_y = np.arange(200) % 4, np.arange(150) % 3  # class 3: no samples
+    fake_y[0] = 5  # one sample of a class the reference lacks
+    mean, per_class, skipped = metrics.intra_class_fid(real, torch.from_numpy(real_y), fake,
+                                                       fake_y)
+    expected = {c: torch_fidelity_fid(fake[fake_y == c], real[real_y == c]) for c in range(3)}
+    assert per_class == pytest.approx(expected, rel=1e-6)
+    assert mean == pytest.approx(np.mean(list(expected.values())), rel=1e-6)
+    assert sorted(skipped) == [3, 5]
+    assert skipped[3].startswith('0 samples and 50 reference features')
+    assert skipped[5].startswith('1 samples and 0 reference features')
+    assert metrics.intra_class_fid(real[:3], [0, 1, 2], fake[:3], [0, 1, 2])[0] is None
+    with pytest.raises(ValueError, match='one label per feature'):
+        metrics.intra_class_fid(real, real_y[:5], fake, fake_y)

@@ -161,11 +161,13 @@ def test_trunc_curves_and_metrics(base, monkeypatch):
 
 def test_metrics_record_and_print_KID_and_precision_recall_when_computed(base, tmp_path,
                                                                         monkeypatch, capsys):
-    """With the data's real-features file, inception_utils adds KID and P/R: sample.py logs
-    and prints them; a plain (IS, IS std, FID) tuple, as before, gives no such keys."""
+    """With the data's real-features file, inception_utils adds KID, P/R and density/coverage:
+    sample.py logs and prints them; a plain (IS, IS std, FID) tuple, as before, gives no such
+    keys."""
     import metrics
     result = metrics.InceptionMetrics(5.0, 0.1, 42.0, KID_mean=0.0123, KID_std=0.0004,
-                                      precision=0.625, recall=0.375)
+                                      precision=0.625, recall=0.375, density=0.875,
+                                      coverage=0.5)
     fake = types.SimpleNamespace(
         check_inception_ready=lambda *a, **k: None,
         prepare_inception_metrics=lambda *a, **k: lambda sample_fn, num, num_splits: result)
@@ -175,7 +177,8 @@ def test_metrics_record_and_print_KID_and_precision_recall_when_computed(base, t
     done = sample.run(flags)
     assert {k: done['metrics'][k] for k in metrics.InceptionMetrics.KEYS} == result.record()
     out = capsys.readouterr().out
-    assert 'FID 42.0, KID 0.01230 +/- 0.00040, precision 0.625, recall 0.375' in out
+    assert ('FID 42.0, KID 0.01230 +/- 0.00040, precision 0.625, recall 0.375, density 0.875, '
+            'coverage 0.500') in out
     log = tmp_path / 'logs' / f'{NAME}_sample_metrics.jsonl'
     assert json.loads(log.read_text().splitlines()[-1])['recall'] == 0.375
     result = (5.0, 0.1, 42.0)
