@@ -219,6 +219,8 @@ FLAGS = [
     Flag('unconditional', False, SWITCH, 'ignore the labels: one class, no projection in D'),
     Flag('log_every', 50, POSITIVE_INT, 'iterations between reading the losses (host syncs)',
          in_name=False),
+    _off('no_tensorboard', 'tensorboard', 'write no TensorBoard events (by default every log '
+         'also goes to <logs_root>/<experiment_name>/)'),
     Flag('amp', 'none', str, 'mixed precision: none, bf16 or fp16 (with a grad scaler)',
          choices=('none', 'bf16', 'fp16')),
     Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D',

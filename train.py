@@ -33,6 +33,7 @@ import flags
 import layers
 import resume
 import run_lock
+import tb_log
 import train_fns
 import utils
 from BigGAN import G_D, D_pass
@@ -121,6 +122,7 @@ def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
         config = resume.resumed_config(config, given)
     config = prepare_config(config)
     check_config(config, world_size, torch.cuda.device_count())
+    tb_log.check_available(config)
     resume.check_run_folder(config)
     check_test_setup(config)
     return config
@@ -381,8 +383,11 @@ def train_run(config: dict, rank: int, world_size: int, device: torch.device) ->
         print(f'Objective: {objectives.describe()}')
     if 'rng' in saved:
         utils.set_rng_state(saved['rng'])
-    return loop(train, after_step, loader, nets, state_dict, config, device,
-                world_size=world_size, is_main=is_main)
+    try:
+        return loop(train, after_step, loader, nets, state_dict, config, device,
+                    world_size=world_size, is_main=is_main)
+    finally:
+        after_step.close()  # the TensorBoard events logged since the last save
 
 
 def loop(train: Callable, after_step: train_fns.AfterStep, loader, nets: train_fns.Nets,

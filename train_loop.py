@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import metrics
+import tb_log
 import utils
 
 # ----------------------------------------------------------------------------------------
@@ -152,9 +153,10 @@ def stop_non_finite(what: str, itr: int, last_checkpoint: str) -> NoReturn:
 
 def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
                     fixed_z: torch.Tensor, fixed_y: torch.Tensor,
-                    extra: Optional[dict] = None) -> None:
+                    extra: Optional[dict] = None) -> dict[str, str]:
     """Save the checkpoint and a rotating copy as one set, then a fixed-z grid, sheets and
-    interps. Raises FloatingPointError, saving nothing, if a weight is NaN or inf."""
+    interps; returns the paths of the grid and the first class sheet. Raises
+    FloatingPointError, saving nothing, if a weight is NaN or inf."""
     copies = ()
     if config['num_save_copies'] > 0:
         copies = (f"copy{state_dict['save_num']}",)
@@ -163,27 +165,30 @@ def save_and_sample(nets: Nets, state_dict: dict, config: dict, *, latents: util
         state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
     nets.save(state_dict, config, extra=extra, also_as=copies)
     with utils.preserved_buffers(nets.sampling_G(config)) as which_G:
-        _write_samples(which_G, state_dict, config, latents=latents, fixed_z=fixed_z,
-                       fixed_y=fixed_y)
+        return _write_samples(which_G, state_dict, config, latents=latents, fixed_z=fixed_z,
+                              fixed_y=fixed_y)
 
 
 def _write_samples(which_G: nn.Module, state_dict: dict, config: dict, *,
                    latents: utils.Latents, fixed_z: torch.Tensor, fixed_y: torch.Tensor
-                   ) -> None:
-    """The fixed-z grid, class sheets and interpolation sheets of one save."""
+                   ) -> dict[str, str]:
+    """The fixed-z grid, class sheets and interpolation sheets of one save; returns the
+    paths of the grid and the first class sheet."""
     if config['accumulate_stats']:
         utils.accumulate_standing_stats(which_G, latents, config['num_standing_accumulations'])
     itr, name, root = state_dict['itr'], config['experiment_name'], config['samples_root']
     with torch.no_grad():
         fixed_Gz = which_G(fixed_z, which_G.shared(fixed_y))
-    utils.save_grid(fixed_Gz, os.path.join(root, name, f'fixed_samples{itr}.jpg'))
+    fixed_path = os.path.join(root, name, f'fixed_samples{itr}.jpg')
+    utils.save_grid(fixed_Gz, fixed_path)
     where = dict(num_classes=config['n_classes'], samples_root=root, experiment_name=name,
                  folder_number=itr, device=fixed_z.device)
-    utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
-                       samples_per_class=10, **where)
+    sheets = utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
+                                samples_per_class=10, **where)
     for fix_z, fix_y in ((False, False), (False, True), (True, False)):
         utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8, fix_z=fix_z,
                            fix_y=fix_y, **where)
+    return {'fixed_z': fixed_path, 'class_sheet': sheets[0]}
 
 
 def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
@@ -235,7 +240,8 @@ def test(nets: Nets, state_dict: dict, config: dict, *, latents: utils.Latents,
 class AfterStep:
     """What the loop does after each iteration: log losses (--log_every) and singular values
     (--sv_log_interval), save and sample (--save_every, and on a stop signal), test IS/FID
-    (--test_every). Only the main rank writes; every rank samples its share of a test."""
+    (--test_every), each also to TensorBoard (tb_log.py) unless --no_tensorboard. Only the
+    main rank writes; every rank samples its share of a test."""
 
     def __init__(self, nets: Nets, state_dict: dict, config: dict, *,
                  precision: Precision, latents: utils.Latents,
@@ -253,7 +259,7 @@ class AfterStep:
         self.fixed_z, self.fixed_y = (t.clone() for t in fixed.sample_())  # for every save
         self.run_dir = os.path.join(config['weights_root'], config['experiment_name'])
         self.last_save = self._where() if resumed else 'none yet'
-        self.test_log = self.train_log = None
+        self.test_log = self.train_log = self.tb = None
         if is_main:
             self._open_logs()
 
@@ -277,6 +283,9 @@ class AfterStep:
         if config['resume']:
             self.test_log.truncate_after(itr)
             self.train_log.truncate_after(itr)
+        if config['tensorboard']:  # beside the text logs; a resume drops later events too
+            self.tb = tb_log.TensorBoardLog(os.path.join(config['logs_root'], name),
+                                            resume_itr=itr if config['resume'] else None)
 
     def __call__(self, itr: int, losses: dict, bar, stopping: bool) -> None:
         config = self.config
@@ -295,6 +304,10 @@ class AfterStep:
         check_finite(values, itr, self.last_save)
         if self.is_main:
             self.train_log.log(itr, **values)
+            if self.tb is not None:
+                self.tb.scalars('train', itr, values)
+                self.tb.scalars('lr', itr, {'G': self.nets.G_optim.param_groups[0]['lr'],
+                                            'D': self.nets.D_optim.param_groups[0]['lr']})
             bar.set_postfix({k: f'{v:+.3f}' for k, v in values.items()}, refresh=False)
 
     def log_spectra(self, itr: int) -> None:
@@ -305,6 +318,8 @@ class AfterStep:
                **(utils.get_SVs(self.nets.D, 'D') if self.config['log_D_spectra'] else {})}
         if svs:
             self.train_log.log(itr, **svs)
+            if self.tb is not None:
+                self.tb.scalars('sv', itr, svs)
 
     def extra_state(self) -> dict:
         """What a checkpoint saves beyond weights: RNG states, the objectives' state, the
@@ -325,14 +340,26 @@ class AfterStep:
         """Checkpoint and sample sheets (main rank); a non-finite weight stops the run."""
         if not self.is_main:
             return
+        if self.tb is not None:  # the events up to the checkpoint reach the disk before it
+            self.tb.flush()
         try:
             with self.nets.sampling_mode(self.config['G_eval_mode']):
-                save_and_sample(self.nets, self.state_dict, self.config,
-                                          latents=self.latents, fixed_z=self.fixed_z,
-                                          fixed_y=self.fixed_y, extra=self.extra_state())
+                images = save_and_sample(self.nets, self.state_dict, self.config,
+                                         latents=self.latents, fixed_z=self.fixed_z,
+                                         fixed_y=self.fixed_y, extra=self.extra_state())
         except FloatingPointError as err:  # nothing was written
             stop_non_finite(str(err), self.state_dict['itr'], self.last_save)
         self.last_save = self._where()
+        if self.tb is not None:
+            for tag, path in (images or {}).items():  # None: a test stubbed the sheets out
+                self.tb.image_file(f'samples/{tag}', path, self.state_dict['itr'])
+            self.tb.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard event file (at the end of the run)."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of test samples from the sampling G, with their labels."""
@@ -358,3 +385,6 @@ class AfterStep:
                            ('KID_mean', 'KID_std', 'precision', 'recall') if k in record)
             bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}, "
                       f"FID {record['FID']}{more}")
+            if self.tb is not None:  # every number of the jsonl record (FID None: not tested)
+                self.tb.scalars('test', itr, {k: v for k, v in record.items() if k != 'itr'})
+                self.tb.flush()  # after this step's checkpoint: kept by a resume, as in jsonl
