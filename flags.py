@@ -264,11 +264,15 @@ SAMPLE_FLAGS = [
     Flag('sample_inception_metrics', False, SWITCH, 'IS/FID of the model'),
     Flag('truncation', 0.0, float, 'truncation trick for npz, sheets, interps, random grid '
          'and --sample_inception_metrics (0: off); how z is cut: the run\'s --truncation_style'),
+    Flag('classes', '', str, 'with --seeds: the classes to sample, as indices and/or class '
+         'names, comma-separated (e.g. 207,980 or "golden retriever,daisy")'),
+    Flag('seeds', '', str, 'one image per seed for each of --classes, e.g. 0-63 or 1,5,9 (the '
+         'same image for the same seed and class on every call), as PNGs and a grid'),
 ]
 
 # Keys a run config holds that no flag sets: derived from the data, or 2019 objects.
 DERIVED_KEYS = {'n_classes', 'classes_per_sheet', 'moments_path', 'G_activation',
-                'D_activation'}
+                'D_activation', 'class_names'}
 
 
 # The flags that decide what a G computes: a fine-tune must build G as its source was built

@@ -298,6 +298,16 @@ def inspect_hdf5(path: str | os.PathLike, n_classes: int | None = None) -> HDF5I
                     n_classes_from=source)
 
 
+def hdf5_class_names(path: str | os.PathLike) -> list[str] | None:
+    """The class names make_hdf5.py recorded in a file (attribute `classes`, in label order),
+    or None for a file without them (packed by 2019's make_hdf5.py or another tool)."""
+    with h5py.File(path, 'r') as f:
+        names = f.attrs.get('classes')
+    if names is None or np.ndim(names) != 1:
+        return None
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
 def _warn_empty_classes(path: Path, labels: np.ndarray, n_classes: int, source: str) -> None:
     """Warn once per (file, class count) in this process, on rank 0 under DDP, about the
     classes with no images."""

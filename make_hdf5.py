@@ -17,8 +17,9 @@ the folder is either packed or skipped: the images are the files directly inside
 folder with an extension PIL opens (`image_files.find_images`, as training from the folder
 reads it); the others (non-image, hidden or nested files) and the images PIL fails to decode
 are counted in the summary, and listed with their reasons in `<output stem>_skipped.txt`
-beside the output. The file's attrs hold n_classes, resolution, classes (folder names),
-source and n_skipped. `make_demo_folder` draws the built-in demo dataset (coloured shapes on
+beside the output. The file's attrs hold n_classes, resolution, classes (the folder names, in
+label order: the class names train.py records and sample.py --classes takes), source and
+n_skipped. `make_demo_folder` draws the built-in demo dataset (coloured shapes on
 gradient backgrounds, one class per shape and colour) from a seed.
 """
 import argparse

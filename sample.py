@@ -11,15 +11,18 @@ saved on are turned off with --no_<flag> (e.g. --no_use_ema, --no_G_eval_mode). 
     python sample.py --experiment_name my_run --sample_npz --sample_num_npz 10000
     python sample.py --weights weights/my_run/G_ema_best0.pth --sample_sheets --sample_interps
     python sample.py --weights weights/BigGAN_TFHub_128 --G_eval_mode --sample_random
+    python sample.py --weights weights/BigGAN_TFHub_128 --classes "golden retriever,daisy" \\
+        --seeds 0-63 --truncation 0.5
     python sample.py --experiment_name my_run --sample_trunc_curves 0.1_0.1_1.0 \\
         --sample_inception_metrics --inception_weights pt_inception-2015-12-05.pth
     bash scripts/sample_BigGAN_bs256x8.sh      # 2019 flags: the run's name derives from them
 
-Outputs (<exp> is the run folder's name; sample_outputs.py writes them):
+Outputs (<exp> is the run folder's name; sample_outputs.py writes them, seeded_samples.py seeds/):
     samples/<exp>/samples.npz            x uint8 [N, R, R, 3], y int64 [N]   (--sample_npz)
     samples/<exp>/<itr>/samples*.jpg     per-class sheets                    (--sample_sheets)
     samples/<exp>/<itr>/interp{ZY,Z,Y}0.jpg  joint / z / class interpolations (--sample_interps)
     samples/<exp>/random_samples.jpg     one G_batch_size grid               (--sample_random)
+    samples/<exp>/seeds/*.png            an image per class and seed, grids   (--classes --seeds)
     logs/<exp>_sample_metrics.jsonl      IS/FID of the model, one record appended per call
     logs/<exp>_trunc_curves.{jsonl,png}  IS/FID per truncation t (rewritten per sweep)
 <itr> is --sample_sheet_folder_num, or the run's iteration when -1. --sample_trunc_curves
@@ -30,6 +33,10 @@ truncated z as well (e.g. --truncation 0.5 --sample_npz --sample_sheets). The sw
 Converted TF-Hub / Hugging Face runs draw truncated z as those did (--truncation_style scaled:
 t * N(0, 1) cut at +-2), and a BigGAN-deep one takes its BN statistics for t from its table.
 G runs under the run's --amp (bf16/fp16 autocast; --amp none for fp32), Inception never does.
+--classes takes indices and the run's class names (train.py records them in the run config;
+older runs take them from their dataset: see class_names.py); --seeds gives each seed's image
+of each class, the same on every call whatever --G_batch_size (see seeded_samples.py). Sheets
+label their rows with the class names when the run has them.
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ import torch
 import torch.nn as nn
 
 import bn_stats
+import class_names
 import datasets
 import flags
 import train_fns
@@ -59,21 +67,22 @@ from sample_outputs import (
     save_random_grid,
     sweep_truncation,
 )
+from seeded_samples import parse_seeds, save_seed_images
 from utils import TruncatedLatents
 
 # Public names, with sample_outputs.py's (the Sampler and the writers) kept importable here.
 __all__ = ['LOCAL_KEYS', 'MODES', 'MAX_TRUNCATION', 'SampleError', 'build_parser',
            'parse_flags', 'find_run', 'read_run', 'check_which_best', 'resolve_data',
-           'resolve_config', 'truncation_values', 'check_truncation_range', 'wants_metrics',
-           'check_flags', 'check_inception', 'load_generator', 'Sampler', 'sampling_latents',
-           'build_sampler', 'plot_trunc_curves', 'save_npz', 'save_class_sheets',
-           'save_interps', 'save_random_grid', 'measure', 'log_metrics', 'sweep_truncation',
-           'run', 'main']
+           'resolve_class_names', 'resolve_config', 'truncation_values', 'check_truncation_range',
+           'check_truncation', 'wants_metrics', 'check_flags', 'seed_request', 'check_inception',
+           'load_generator', 'Sampler', 'sampling_latents', 'build_sampler', 'plot_trunc_curves',
+           'save_npz', 'save_class_sheets', 'save_interps', 'save_random_grid', 'measure',
+           'log_metrics', 'sweep_truncation', 'save_seed_images', 'run', 'main']
 
 # Keys that describe this invocation, not the trained model: never taken from the run.
 LOCAL_KEYS = utils.INVOCATION_KEYS | {f.key for f in utils.SAMPLE_FLAGS}
 MODES = ('sample_npz', 'sample_sheets', 'sample_interps', 'sample_random',
-         'sample_inception_metrics', 'sample_trunc_curves')
+         'sample_inception_metrics', 'sample_trunc_curves', 'seeds')
 
 
 class SampleError(Exception):
@@ -186,6 +195,21 @@ def resolve_data(config: dict, given: dict, saved: Optional[dict]) -> None:
         per_sheet = spec.classes_per_sheet
     config['classes_per_sheet'] = min(config.get('classes_per_sheet') or per_sheet,
                                       config['n_classes'])
+    resolve_class_names(config, spec, given, saved)
+
+
+def resolve_class_names(config: dict, spec: Optional[datasets.DatasetSpec], given: dict,
+                        saved: Optional[dict]) -> None:
+    """Fill class_names in place: the run's (as its config saved them), else its dataset's;
+    None when neither has one name per class."""
+    names = config.get('class_names')
+    if names is None or given.keys() & {'dataset', 'resolution', 'unconditional'}:
+        names = None
+        if spec is not None:
+            names = class_names.dataset_class_names(config['dataset'], spec)
+        elif saved is not None and 'dataset' not in saved and config['n_classes'] == 1000:
+            names = class_names.imagenet_class_names()  # a converted TF-Hub / HF generator
+    config['class_names'] = class_names.run_class_names(names, config['n_classes'])
 
 
 def resolve_config(argv: Optional[list[str]] = None) -> tuple[dict, Path, int]:
@@ -260,6 +284,15 @@ def check_truncation_range(values: list[float], style: str, flag: str) -> None:
                           f'paper shows 0.04 to 2)')
 
 
+def check_truncation(t: float, config: dict, flag: str = '--truncation') -> None:
+    """Refuse a truncation t (0: none) that does not fit the run's z_var and truncation style."""
+    if t < 0 or (t > 0 and config['z_var'] != 1.0):
+        raise SampleError(f"{flag} {t}: give a positive t (or 0 for none); it draws "
+                          f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
+                          f"{config['z_var']}")
+    check_truncation_range([t] if t > 0 else [], config['truncation_style'], flag)
+
+
 def wants_metrics(config: dict) -> bool:
     """Whether IS/FID are asked for (by --sample_inception_metrics or the truncation sweep)."""
     return config['sample_inception_metrics'] or bool(config['sample_trunc_curves'])
@@ -271,12 +304,7 @@ def check_flags(config: dict) -> list[float]:
         raise SampleError(f"nothing to do: give one or more of --{', --'.join(MODES)}")
     spec = config['sample_trunc_curves']
     truncations = truncation_values(spec) if spec else []
-    t = config['truncation']
-    if t < 0 or (t > 0 and config['z_var'] != 1.0):
-        raise SampleError(f"--truncation {t}: give a positive t (or 0 for none); it draws "
-                          f"z ~ N(0, 1) truncated at t, so it does not combine with --z_var "
-                          f"{config['z_var']}")
-    check_truncation_range([t] if t > 0 else [], config['truncation_style'], '--truncation')
+    check_truncation(config['truncation'], config)
     check_truncation_range(truncations, config['truncation_style'], '--sample_trunc_curves')
     if config['G_batch_size'] < 1:
         raise SampleError(f"--G_batch_size {config['G_batch_size']}: give at least 1 (0 takes "
@@ -288,6 +316,34 @@ def check_flags(config: dict) -> list[float]:
         raise SampleError(f"--num_inception_images {config['num_inception_images']}: the "
                           f"Inception Score needs at least one sample in each of its 10 splits")
     return truncations
+
+
+def seed_request(config: dict) -> Optional[tuple[list[int], list[int]]]:
+    """(class indices, seeds) of --classes and --seeds, each once, or None when not asked."""
+    text, seeds = config['classes'].strip(), config['seeds']
+    if not (text or seeds):
+        return None
+    if not seeds:
+        raise SampleError(f'--classes {text!r} needs --seeds, e.g. --seeds 0-7 (one image per '
+                          f'seed and class)')
+    try:
+        seeds = parse_seeds(seeds)
+    except ValueError as err:
+        raise SampleError(f'--seeds {err}') from None
+    if not text:
+        if config['n_classes'] > 1:
+            raise SampleError(f"--seeds needs --classes: class indices (0 to "
+                              f"{config['n_classes'] - 1}) or names, comma-separated")
+        return [0], seeds  # unconditional: its one class
+    names = config['class_names']  # a name with a comma in it is taken whole
+    items = [text] if names and text in names else [c.strip() for c in text.split(',')]
+    if '' in items:
+        raise SampleError(f'--classes {text!r}: an empty entry between commas')
+    try:
+        classes = class_names.class_indices(items, names, config['n_classes'])
+    except class_names.ClassError as err:
+        raise SampleError(f'--classes: {err}') from None
+    return list(dict.fromkeys(classes)), seeds
 
 
 def check_inception(config: dict) -> None:
@@ -329,9 +385,11 @@ def sampling_latents(config: dict, G: nn.Module, device: torch.device) -> utils.
     return utils.Latents(B, G.dim_z, config['n_classes'], device, z_var=config['z_var'])
 
 
-def build_sampler(config: dict, weights_file: Path, itr: int) -> Sampler:
-    """Load G on the GPU if there is one, seed, and make the latents (and Inception if asked)."""
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+def build_sampler(config: dict, weights_file: Path, itr: int,
+                  device: Optional[torch.device] = None) -> Sampler:
+    """Load G on `device` (default: the GPU if there is one), seed, and make the latents (and
+    Inception if asked)."""
+    device = device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     utils.configure_backends(device)
     G = load_generator(config, weights_file, device)
     net = nn.DataParallel(G) if config['parallel'] and torch.cuda.device_count() > 1 else G
@@ -367,6 +425,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
     """Sample as the flags say; returns what was done (paths, metric records, images/s)."""
     # Config, and every check that can fail, before anything is sampled:
     config, weights_file, itr = resolve_config(argv)
+    request = seed_request(config)
     truncations = check_flags(config)
     if wants_metrics(config):
         check_inception(config)
@@ -380,6 +439,8 @@ def run(argv: Optional[list[str]] = None) -> dict:
 
     # Outputs, in the 2019 order; the truncation sweep last, as it may redo standing stats:
     with torch.inference_mode():
+        if request:  # first, in eval mode: no other output's sampling changes its images
+            done['seeds'] = save_seed_images(s, *request)
         if config['accumulate_stats']:
             s.accumulate_stats(s.latents)
         if config['sample_npz']:

@@ -114,14 +114,16 @@ def save_npz(s: Sampler) -> dict:
 
 
 def save_class_sheets(s: Sampler) -> list[str]:
-    """--sample_sheets: samples/<exp>/<itr>/samples*.jpg, 10 samples of each class."""
+    """--sample_sheets: samples/<exp>/<itr>/samples*.jpg, 10 samples of each class, a row
+    per class labelled with its name when the run has names."""
     with s.precision.autocast():
         paths = utils.sample_sheet(
             s.G, classes_per_sheet=s.config['classes_per_sheet'],
             num_classes=s.config['n_classes'], samples_per_class=10,
             samples_root=s.config['samples_root'], experiment_name=s.name,
             folder_number=s.folder, device=s.device, truncation=s.config['truncation'],
-            truncation_style=s.config['truncation_style'])
+            truncation_style=s.config['truncation_style'],
+            class_names=s.config.get('class_names'))  # rows labelled when the run has names
     print(f'Wrote {len(paths)} sheets to {os.path.dirname(paths[0])}')
     return paths
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+import class_names
 import datasets
 import flags
 import layers
@@ -71,6 +72,8 @@ def prepare_config(config: dict) -> dict:
                                     single_class_ok=config['unconditional'])
     config['resolution'] = spec.resolution
     config['n_classes'] = 1 if config['unconditional'] else spec.n_classes
+    config['class_names'] = class_names.run_class_names(  # sample.py --classes takes them
+        class_names.dataset_class_names(config['dataset'], spec), config['n_classes'])
     config['classes_per_sheet'] = min(spec.classes_per_sheet, config['n_classes'])
     config['G_batch_size'] = train_fns.G_batch_size(config)
     if config['G_batch_size'] < config['batch_size']:

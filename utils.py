@@ -13,16 +13,17 @@ import random
 import time
 import warnings
 import zipfile
+from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torchvision
 
 import checkpoints
 import datasets
 import flags
+import grids
 import layers
 
 # The 2019 code and its users call utils.prepare_parser, utils.save_weights, ...: the names
@@ -47,6 +48,7 @@ from checkpoints import (  # noqa: F401
     recover_checkpoints,
     save_weights,
 )
+from class_names import label as class_label
 from flags import (  # noqa: F401
     ADAM_BETA,
     COUNT,
@@ -377,12 +379,12 @@ def accumulate_standing_stats(G: nn.Module, latents: Union[Latents, torch.Tensor
     G.eval()
 
 
-def save_grid(images: torch.Tensor, path: str, nrow: Optional[int] = None) -> None:
-    """Images in [-1, 1] as one grid file (square-ish unless `nrow` images per row)."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+def save_grid(images: torch.Tensor, path: str, nrow: Optional[int] = None,
+              labels: Optional[Sequence[str]] = None) -> None:
+    """Images in [-1, 1] as one grid file (square-ish unless `nrow` images per row), with
+    `labels` beside its rows when given (see grids.py)."""
     nrow = nrow or int(len(images) ** 0.5)
-    torchvision.utils.save_image(images.float().cpu(), path, nrow=nrow, normalize=True,
-                                 value_range=(-1, 1))
+    grids.save_grid_image(grids.labeled_grid(images, nrow, labels), path)
 
 
 def configure_backends(device: torch.device) -> None:
@@ -404,8 +406,10 @@ def sample_sheet(G: nn.Module, *, classes_per_sheet: int, num_classes: int,
                  samples_per_class: int, samples_root: str, experiment_name: str,
                  folder_number: int, device: Optional[Union[str, torch.device]] = None,
                  truncation: float = 0.0, truncation_style: str = 'resample',
-                 parallel: bool = False, z_: Optional[torch.Tensor] = None) -> list[str]:
-    """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns.
+                 parallel: bool = False, z_: Optional[torch.Tensor] = None,
+                 class_names: Optional[Sequence[str]] = None) -> list[str]:
+    """Per-class sheets samples{i}.jpg: one row per class, `samples_per_class` columns, each
+    row labelled '<index> <name>' when `class_names` are given.
 
     `device` defaults to G's. 2019's keywords are taken too: `parallel` (its DataParallel
     switch; G runs where it is, multi-GPU is DDP here) and `z_`, a `prepare_z_y` z whose
@@ -427,7 +431,9 @@ def sample_sheet(G: nn.Module, *, classes_per_sheet: int, num_classes: int,
         out = torch.stack(ims, 1).flatten(0, 1)  # (classes * samples_per_class, 3, R, R)
         paths.append(os.path.join(samples_root, experiment_name, str(folder_number),
                                   f'samples{i}.jpg'))
-        save_grid(out, paths[-1], nrow=samples_per_class)
+        labels = None if class_names is None else [
+            class_label(c, class_names) for c in range(i * classes, (i + 1) * classes)]
+        save_grid(out, paths[-1], nrow=samples_per_class, labels=labels)
     return paths
 
 
