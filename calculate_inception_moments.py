@@ -82,9 +82,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     # One streaming pass: IS accumulators, running sums of the pool features, and the pool
     # features of the images at the chosen positions.
     rows = inception_utils.feature_subset(num_images, max(args.num_features, 0))
+    labels = []  # every image's class, in order: those of the kept features are saved
+    batches = (labels.append(y) or x for x, y in loader)
     with tqdm(total=num_images, unit='img') as pbar:
         is_acc, mom_acc, feats = inception_utils.accumulate_inception_stats(
-            net, loader, num_images, num_splits=args.num_splits, moments=True, features=True,
+            net, batches, num_images, num_splits=args.num_splits, moments=True, features=True,
             feature_rows=rows, progress=pbar.update)
     IS_mean, IS_std = is_acc.compute()
     print(f'Training data from dataset {spec.name} has IS of {IS_mean:5.5f} +/- {IS_std:5.5f}')
@@ -95,7 +97,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     inception_utils.save_moments(out_path, mu, sigma, args.inception)
     print(f'Saved the moments of {num_images} images to {out_path}')
     if len(feats):
-        inception_utils.save_features(features_path, feats, args.inception, num_images)
+        inception_utils.save_features(features_path, feats, args.inception, num_images,
+                                      labels=torch.cat(labels)[torch.from_numpy(rows)])
         print(f'Saved the features of {len(feats)} of them (KID, precision/recall) to '
               f'{features_path}')
 

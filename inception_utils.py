@@ -40,7 +40,6 @@ import torch.nn.functional as F
 import torchvision
 from pytorch_fid.inception import FID_WEIGHTS_URL
 
-import datasets
 import metrics
 from checkpoints import file_sha256, state_dict_diff
 from inception_net import INCEPTIONS, POOL_DIM, TRUNK, InceptionNet, check_network
@@ -466,60 +465,11 @@ __all__ += ['calculate_inception_score', 'numpy_calculate_frechet_distance',
 calculate_inception_score = metrics.calculate_inception_score
 
 
-def numpy_calculate_frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
-                                     eps: float = 1e-6) -> float:
-    """FID between N(mu1, sigma1) and N(mu2, sigma2) on the CPU (metrics.py's). `eps`, 2019's
-    diagonal offset for a singular product, is taken and unused: eigenvalues need none."""
-    return metrics.numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
-
-
-def torch_cov(m: torch.Tensor, rowvar: bool = False) -> torch.Tensor:
-    """Unbiased covariance; the variables are the columns of m [N, D] unless `rowvar` (a
-    single row, or a 1-D m, is one variable)."""
-    m = m.view(1, -1) if m.dim() < 2 else m
-    return torch.cov(m if rowvar or m.size(0) == 1 else m.t()).squeeze()
-
-
-def WrapInception(net: torchvision.models.Inception3) -> InceptionNet:
-    """2019's wrapper of torchvision's Inception-v3: (pool [B, 2048], logits [B, 1000]) of
-    images in [-1, 1]."""
-    return InceptionNet(net, 'torchvision')
-
-
-@torch.no_grad()
-def accumulate_inception_activations(sample: Callable, net: nn.Module,
-                                     num_inception_images: int = 50000
-                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pool, softmax probabilities, labels) of the images of repeated sample() until there
-    are at least num_inception_images (whole batches, as 2019 kept them)."""
-    pool, probs, labels = [], [], []
-    while sum(len(p) for p in pool) < num_inception_images:
-        images, y = sample()
-        pool_val, logits = net(images.float())
-        pool.append(pool_val)
-        probs.append(F.softmax(logits, 1))
-        labels.append(y)
-    return torch.cat(pool), torch.cat(probs), torch.cat(labels)
-
-
-def _prepare_inception_metrics_2019(dataset: str, no_fid: bool,
-                                    device: Optional[Union[str, torch.device]]) -> Callable:
-    """2019's get_inception_metrics for `dataset`, whose moments are the file 2019 read
-    (<dataset without _hdf5>_inception_moments.npz in the working folder; a path dataset's
-    beside it). The network and moments load at the first call: 2019's sample.py prepares
-    the metrics whatever it samples, and needs Inception weights only when it computes them
-    (then a missing file gets prepare_inception_metrics's error, saying what to get where)."""
-    prepared = []
-
-    def get_inception_metrics(sample: Callable, num_inception_images: int,
-                              num_splits: int = 10, prints: bool = True,
-                              use_torch: bool = True) -> tuple[float, float, float]:
-        """2019's (IS mean, IS std, FID; 9999.0 with no_fid). `prints` and `use_torch` are
-        taken: nothing is printed, and both FID routes are one method here."""
-        if not prepared:
-            moments = datasets.resolve_dataset(dataset, '.').moments_path
-            prepared.append(prepare_inception_metrics(moments, device=device, no_fid=no_fid))
-        IS_mean, IS_std, FID = prepared[0](sample, num_inception_images, num_splits)
-        return IS_mean, IS_std, 9999.0 if FID is None else FID
-
-    return get_inception_metrics
+# They are defined in compat2019.py.
+from compat2019 import (  # noqa: E402
+    WrapInception,
+    accumulate_inception_activations,
+    numpy_calculate_frechet_distance,
+    torch_cov,
+)
+from compat2019 import prepare_inception_metrics_2019 as _prepare_inception_metrics_2019  # noqa: E402

@@ -184,7 +184,8 @@ def _write_samples(which_G: nn.Module, state_dict: dict, config: dict, *,
     where = dict(num_classes=config['n_classes'], samples_root=root, experiment_name=name,
                  folder_number=itr, device=fixed_z.device)
     sheets = utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
-                                samples_per_class=10, **where)
+                                samples_per_class=10, class_names=config.get('class_names'),
+                                **where)
     for fix_z, fix_y in ((False, False), (False, True), (True, False)):
         utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8, fix_z=fix_z,
                            fix_y=fix_y, **where)

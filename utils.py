@@ -7,11 +7,8 @@ their public names are re-exported here.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import time
-import warnings
 import zipfile
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
@@ -20,9 +17,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import checkpoints
-import datasets
-import flags
 import grids
 import layers
 
@@ -169,94 +163,10 @@ def toggle_grad(model: nn.Module, on: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# Logging
+# Logging (loggers.py; the 2019 names stay reachable here)
 # ----------------------------------------------------------------------------------------
 
-
-def append_line(path: str, line: str) -> None:
-    """Append one line to a log file, first ending a last line that a kill cut short (so the
-    new line never merges into it; readers then skip the torn one)."""
-    with open(path, 'ab+') as f:
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b'\n':
-                f.write(b'\n')
-        f.write(line.encode() + b'\n')
-
-
-def _keep_lines(path: str, keep: Callable[[str], bool]) -> None:
-    """Rewrite a log file (atomically) with the lines `keep` accepts, blank lines dropped; a
-    line `keep` cannot parse (raises ValueError: a torn line) is dropped with a warning."""
-    kept, torn = [], []
-    with open(path, errors='replace') as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                if keep(line):
-                    kept.append(line.rstrip('\n') + '\n')
-            except (ValueError, KeyError, TypeError, AttributeError):
-                torn.append(number)
-    if torn:
-        warnings.warn(f'{path}: dropped {len(torn)} unreadable line(s) (line '
-                      f'{", ".join(map(str, torn[:10]))}), e.g. the last line of a run that was '
-                      f'killed while writing it', stacklevel=3)
-    atomic_write(path, lambda f: f.writelines(kept), 'w')
-
-
-class MetricsLogger:
-    """Appends one JSON object per record (with a timestamp) to a .jsonl file."""
-
-    def __init__(self, fname: str, reinitialize: bool = False):
-        self.fname = fname
-        os.makedirs(os.path.dirname(fname) or '.', exist_ok=True)
-        if reinitialize and os.path.exists(fname):
-            os.remove(fname)
-
-    def log(self, record: Optional[dict] = None, **kwargs) -> None:
-        """Append a record."""
-        record = dict(record or {}, **kwargs, _stamp=time.time())
-        append_line(self.fname, json.dumps(record, ensure_ascii=True))
-
-    def truncate_after(self, itr: int) -> None:
-        """Drop records of iterations after `itr` (written by a run that was killed later) and
-        lines a kill cut short."""
-        if os.path.exists(self.fname):
-            _keep_lines(self.fname, lambda line: json.loads(line).get('itr', 0) <= itr)
-
-
-class MyLogger:
-    """Plain-text training logs, one file per metric: lines `itr: value`."""
-
-    def __init__(self, root: str, reinitialize: bool = False, logstyle: str = '%3.3f'):
-        self.root, self.logstyle = root, logstyle
-        os.makedirs(root, exist_ok=True)
-        if reinitialize:
-            for fname in os.listdir(root):
-                if fname.endswith('.log'):
-                    os.remove(os.path.join(root, fname))
-
-    def log(self, itr: int, **kwargs: float) -> None:
-        """Append each metric to its own file."""
-        for name, value in kwargs.items():
-            append_line(os.path.join(self.root, f'{name}.log'), f'{itr}: {self.logstyle % value}')
-
-    def truncate_after(self, itr: int) -> None:
-        """Drop lines of iterations after `itr`, and lines a kill cut short."""
-        def keep(line: str) -> bool:
-            step, value = line.split(':', 1)
-            float(value)  # a torn value ('2.5e+') raises
-            return int(step) <= itr
-        for fname in os.listdir(self.root):
-            if fname.endswith('.log'):
-                _keep_lines(os.path.join(self.root, fname), keep)
-
-
-def get_SVs(net: nn.Module, prefix: str) -> dict[str, float]:
-    """Every logged singular value of a net, keyed like 2019's SV logs."""
-    return {f'{prefix}_{key}'.replace('.', '_'): float(value)
-            for key, value in net.state_dict().items() if 'sv' in key.split('.')[-1]}
-
+from loggers import MetricsLogger, MyLogger, append_line, get_SVs  # noqa: E402,F401
 
 # ----------------------------------------------------------------------------------------
 # z/y sampling, standing stats, sample sheets
@@ -540,132 +450,25 @@ def write_npz(path: str, sample: Callable, num: int) -> None:
 # initiate_standing_stats (standing stats end with a finish step: accumulate_standing_stats),
 # and what 2019's own code never called (default_ortho, print_grad_norms, query_gpu).
 
-# The 2019 per-dataset dicts (views of datasets.DATASETS), and its activations by --G_nl name.
-root_dict = datasets.root_dict
-imsize_dict = datasets.imsize_dict
-nclass_dict = datasets.nclass_dict
-classes_per_sheet_dict = datasets.classes_per_sheet_dict
-activation_dict = {'inplace_relu': nn.ReLU(inplace=True), 'relu': nn.ReLU(inplace=False),
-                   'ir': nn.ReLU(inplace=True)}
-get_data_loaders = datasets.get_data_loaders
-
-# Config keys the 2019 scripts set that no flag sets: 'no_optim' (2019 models built their own
-# optimizers unless it was on; ours never do), so model.Generator(**config) accepts it.
-LEGACY_CONFIG_KEYS = frozenset({'no_optim'})
-
-
-def config_keys() -> set[str]:
-    """Every key a run config may hold (flags.config_keys plus 2019's LEGACY_CONFIG_KEYS)."""
-    return flags.config_keys() | LEGACY_CONFIG_KEYS
-
-
-def load_weights(G: Optional[nn.Module], D: Optional[nn.Module], state_dict: dict,
-                 weights_root: str, experiment_name: str, name_suffix: Optional[str] = None,
-                 G_ema: Optional[nn.Module] = None, strict: bool = True,
-                 load_optim: bool = True, *, G_optim: Optional[torch.optim.Optimizer] = None,
-                 D_optim: Optional[torch.optim.Optimizer] = None) -> dict:
-    """checkpoints.load_weights in 2019's call form too: (G, D, state_dict, weights_root,
-    experiment_name, name_suffix=None, G_ema=None, strict=True, load_optim=True).
-
-    As in 2019, every key of `state_dict` is refreshed from state_dict.pth, `config` included
-    (2019 sample.py's --config_from_name reads it there); a resume, through
-    checkpoints.load_weights, keeps its own config. `load_optim` loads G.optim / D.optim where
-    a module carries one as 2019's models did (ours do not: pass G_optim=, D_optim=). An empty
-    name_suffix means none. Returns the whole saved state.
-    """
-    if load_optim:
-        G_optim = G_optim or getattr(G, 'optim', None)
-        D_optim = D_optim or getattr(D, 'optim', None)
-    saved = checkpoints.load_weights(G, D, state_dict, weights_root, experiment_name,
-                                     name_suffix=name_suffix or None, G_ema=G_ema,
-                                     strict=strict, G_optim=G_optim, D_optim=D_optim)
-    if 'config' in state_dict and 'config' in saved:
-        state_dict['config'] = saved['config']
-    return saved
-
-
-def prepare_root(config: dict) -> None:
-    """Make the weights, logs and samples folders of a config."""
-    for key in ('weights_root', 'logs_root', 'samples_root'):
-        os.makedirs(config[key], exist_ok=True)
-
-
-def join_strings(base_string: str, strings: list[Optional[str]]) -> str:
-    """Join the non-empty strings with base_string (None and '' are left out)."""
-    return base_string.join(item for item in strings if item)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Print (as 2019 did) and return the number of parameters of a module."""
-    count = sum(p.numel() for p in module.parameters())
-    print(f'Number of parameters: {count}')
-    return count
-
-
-def _default_device(device: Optional[Union[str, torch.device]]) -> Union[str, torch.device]:
-    """`device`, else CUDA when there is one, else the CPU (2019's default was 'cuda')."""
-    return device or ('cuda' if torch.cuda.is_available() else 'cpu')
-
-
-def sample_1hot(batch_size: int, num_classes: int,
-                device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
-    """Uniform class indices [batch_size] (2019's name: not one-hot); device as prepare_z_y."""
-    return torch.randint(0, num_classes, (batch_size,), device=_default_device(device))
-
-
-class Distribution(torch.Tensor):
-    """2019's z_/y_: a tensor that redraws itself in place with `sample_()`.
-
-    'normal' draws N(mean, var²) (`var` is the std, as 2019 used it; sample.py's truncation
-    sweep sets it), 'categorical' uniform indices below `num_categories`. As in 2019 the
-    attributes `mean` and `var` hide Tensor.mean()/var() (use torch.mean(z_)). Operations on
-    it give plain tensors.
-    """
-    __torch_function__ = torch._C._disabled_torch_function_impl
-
-    def __new__(cls, data: torch.Tensor) -> Distribution:
-        return torch.Tensor._make_subclass(cls, data)
-
-    def init_distribution(self, dist_type: str, **kwargs: Any) -> None:
-        """Set the law: 'normal' (mean=, var=) or 'categorical' (num_categories=)."""
-        if dist_type not in ('normal', 'categorical'):
-            raise ValueError(f'Distribution type {dist_type!r}: normal or categorical')
-        self.dist_type, self.dist_kwargs = dist_type, kwargs
-        if dist_type == 'normal':
-            self.mean, self.var = kwargs['mean'], kwargs['var']
-        else:
-            self.num_categories = kwargs['num_categories']
-
-    def sample_(self) -> Distribution:
-        """Redraw in place; returns self."""
-        if self.dist_type == 'normal':
-            self.normal_(self.mean, self.var)
-        else:
-            self.random_(0, self.num_categories)
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> Distribution:
-        """torch.Tensor.to, keeping the law."""
-        new = Distribution(super().to(*args, **kwargs))
-        new.init_distribution(self.dist_type, **self.dist_kwargs)
-        if self.dist_type == 'normal':  # the law as it is now (the sweep changes var)
-            new.mean, new.var = self.mean, self.var
-        return new
-
-
-def prepare_z_y(G_batch_size: int, dim_z: int, nclasses: int,
-                device: Optional[Union[str, torch.device]] = None, fp16: bool = False,
-                z_var: float = 1.0) -> tuple[Distribution, Distribution]:
-    """2019's latents: z_ [B, dim_z] ~ N(0, z_var²) (float16 with fp16) and y_ [B] int64
-    class indices, as Distributions (`z_.sample_()`, `z_.var`). `device` defaults to CUDA when
-    there is one, else the CPU (2019: always 'cuda'). `Latents` is this code's own form."""
-    device = _default_device(device)
-    z_ = Distribution(torch.randn(G_batch_size, dim_z))
-    z_.init_distribution('normal', mean=0, var=z_var)
-    z_ = z_.to(device, torch.float16 if fp16 else torch.float32)
-    y_ = Distribution(torch.zeros(G_batch_size))
-    y_.init_distribution('categorical', num_categories=nclasses)
-    return z_, y_.to(device, torch.int64)
+# They are defined in compat2019.py.
+from compat2019 import (  # noqa: E402,F401
+    LEGACY_CONFIG_KEYS,
+    Distribution,
+    activation_dict,
+    classes_per_sheet_dict,
+    config_keys,
+    count_parameters,
+    get_data_loaders,
+    imsize_dict,
+    join_strings,
+    load_weights,
+    nclass_dict,
+    prepare_root,
+    prepare_z_y,
+    root_dict,
+    sample_1hot,
+)
+from compat2019 import sample as sample  # noqa: E402  (2019's sample(G, z_, y_, config))
 
 
 class _RedrawnZY:
@@ -679,17 +482,3 @@ class _RedrawnZY:
         self.z.normal_()
         self.y.random_(0, self.n_classes)
         return self.z.as_subclass(torch.Tensor), self.y.as_subclass(torch.Tensor)
-
-
-@torch.no_grad()
-def sample(G: nn.Module, z_: Distribution, y_: Distribution, config: Optional[dict] = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """2019's sample(): redraw z_ and y_ (from `prepare_z_y`), return (G(z, G.shared(y)), y).
-
-    config['parallel'] changes nothing (see `sample_sheet`). y is a copy: on the CPU,
-    2019's .cpu() of y_ would keep the buffer that the next call redraws.
-    """
-    z_.sample_()
-    y_.sample_()
-    y = y_.as_subclass(torch.Tensor)
-    return G(z_.as_subclass(torch.Tensor), G.shared(y)), y.clone()

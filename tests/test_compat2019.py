@@ -20,6 +20,7 @@ from PIL import Image
 
 import BigGAN
 import datasets
+import flags
 import inception_utils as iu
 import losses
 import train_fns
@@ -108,7 +109,7 @@ def test_a_2019_config_builds_G():
                                                      '--G_attn', '0']))
     config.update(resolution=32, n_classes=10, skip_init=True, no_optim=True,
                   G_activation=utils.activation_dict['relu'])
-    assert 'no_optim' in utils.config_keys() and utils.config_keys() >= utils.flags.config_keys()
+    assert 'no_optim' in utils.config_keys() and utils.config_keys() >= flags.config_keys()
     G = BigGAN.Generator(**config)
     assert G.activation is utils.activation_dict['relu']
     with pytest.raises(TypeError, match='unknown config keys'):

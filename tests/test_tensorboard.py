@@ -15,13 +15,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto.event_pb2 import Event
-from test_train import SAVE_STEPS, run_flags, run_killable
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_log
 import train
 import utils
 from helpers import ROOT, TinyInception, write_hdf5
+from test_train import SAVE_STEPS, run_flags, run_killable
 
 KEEP_ALL = {'scalars': 0, 'images': 0}  # EventAccumulator keeps a sample unless told
 
