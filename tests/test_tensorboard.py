@@ -145,9 +145,9 @@ def assert_same_events(resumed: Path, straight: Path) -> None:
         got_images = [e.step for e in events.Images('samples/fixed_z')]
         lost = set(want_images) - set(got_images)
         assert got_images == [step for step in want_images if step not in lost]
-        samples = resumed / 'run' / 'samples' / 'tiny'
-        assert len(lost) <= 1 and not any((samples / f'fixed_samples{step}.jpg').exists()
-                                          for step in lost)
+        # A kill between a save's JPEGs and the flush of their image events loses at most
+        # that save's images in TensorBoard (its JPEGs may be on disk).
+        assert len(lost) <= 1
 
 
 RESUME_FLAGS = ['--num_epochs', '3', '--save_every', '2', '--use_multiepoch_sampler',
@@ -167,9 +167,8 @@ def test_sigkill_then_resume_logs_each_step_once(tmp_path, data_file, straight, 
     """A run SIGKILLed and resumed has the events of the uninterrupted run: `in_the_second
     save` kills it in the save at iteration 4 before that checkpoint is committed, so the
     events of iterations 3-4 are on disk beyond the checkpoint of iteration 2 and must go;
-    `once_saved` kills it as soon as its first checkpoint exists (if the save's sample
-    sheets were not written yet, the resumed run has no images of that save: neither JPEGs
-    nor events)."""
+    `once_saved` kills it as soon as its first checkpoint exists (if that save's image
+    events were not flushed yet, the resumed run has no images of that save in TensorBoard)."""
     killed = tmp_path / 'killed'
     flags = run_flags(killed, data_file, *RESUME_FLAGS)
     state_file = killed / 'run' / 'weights' / 'tiny' / 'state_dict.pth'
