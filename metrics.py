@@ -300,6 +300,24 @@ def _fraction_in_balls(points: torch.Tensor, centres: torch.Tensor, radii: torch
     return float(torch.cat(inside).double().mean())
 
 
+def _real_fake_balls(real: Array, fake: Array, real_radii: Optional[torch.Tensor], k: int,
+                     batch_size: Optional[int], what: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(real, fake as float64 [n, d] / [m, d], the reals' k-NN radii) for the k-NN ball
+    metrics `what`, checking the shapes; `real_radii` given are reused, else computed."""
+    x = torch.as_tensor(real).to(torch.float64)
+    y = torch.as_tensor(fake).to(x.device, torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f'{what} need features [n, d] of equal d, got '
+                         f'{tuple(x.shape)} and {tuple(y.shape)}')
+    if real_radii is None:
+        real_radii = knn_radii(x, k, batch_size)
+    elif real_radii.shape != (len(x),):
+        raise ValueError(f'real_radii has shape {tuple(real_radii.shape)}, real has {len(x)} '
+                         f'samples')
+    return x, y, real_radii.to(x.device, torch.float64)
+
+
 def precision_recall(real: Array, fake: Array, *, k: int = 3,
                      batch_size: Optional[int] = 1024,
                      real_radii: Optional[torch.Tensor] = None) -> tuple[float, float]:
@@ -315,18 +333,10 @@ def precision_recall(real: Array, fake: Array, *, k: int = 3,
     rows (memory batch_size x max(n, m); None: whole matrices). `real_radii`, the real
     samples' `knn_radii` with the same k, spares recomputing them when real is reused.
     """
-    x = torch.as_tensor(real).to(torch.float64)
-    y = torch.as_tensor(fake).to(x.device, torch.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f'precision/recall need features [n, d] of equal d, got '
-                         f'{tuple(x.shape)} and {tuple(y.shape)}')
-    if real_radii is None:
-        real_radii = knn_radii(x, k, batch_size)
-    elif real_radii.shape != (len(x),):
-        raise ValueError(f'real_radii has shape {tuple(real_radii.shape)}, real has {len(x)} '
-                         f'samples')
+    x, y, real_radii = _real_fake_balls(real, fake, real_radii, k, batch_size,
+                                        'precision/recall')
     fake_radii = knn_radii(y, k, batch_size)
-    precision = _fraction_in_balls(y, x, real_radii.to(x.device, torch.float64), batch_size)
+    precision = _fraction_in_balls(y, x, real_radii, batch_size)
     recall = _fraction_in_balls(x, y, fake_radii, batch_size)
     return precision, recall
 
@@ -346,17 +356,7 @@ def density_coverage(real: Array, fake: Array, *, k: int = 5, batch_size: Option
     this takes), which this matches. Distances are float64, in blocks of `batch_size` rows;
     `real_radii`, the reals' `knn_radii` with the same k, spares recomputing them.
     """
-    x = torch.as_tensor(real).to(torch.float64)
-    y = torch.as_tensor(fake).to(x.device, torch.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f'density/coverage need features [n, d] of equal d, got '
-                         f'{tuple(x.shape)} and {tuple(y.shape)}')
-    if real_radii is None:
-        real_radii = knn_radii(x, k, batch_size)
-    elif real_radii.shape != (len(x),):
-        raise ValueError(f'real_radii has shape {tuple(real_radii.shape)}, real has {len(x)} '
-                         f'samples')
-    radii = real_radii.to(x.device, torch.float64)
+    x, y, radii = _real_fake_balls(real, fake, real_radii, k, batch_size, 'density/coverage')
     balls_per_fake = torch.cat([(torch.cdist(block, x) < radii).sum(1, dtype=torch.float64)
                                 for block in _row_blocks(y, batch_size)])
     nearest_fake = torch.cat([torch.cdist(block, y).min(1).values
