@@ -54,9 +54,9 @@ class BigGANRun:
                            doc='one name per class, in label order (None: the run has none)')
 
     def __repr__(self) -> str:
+        trunc = f'truncation {self.truncation:g}' if self.truncation else 'no truncation'
         return (f'BigGANRun({self.sampler.weights_file}, itr {self.sampler.itr}, '
-                f'{self.n_classes} classes, {self.resolution}x{self.resolution}, truncation '
-                f'{self.truncation:g})')
+                f'{self.n_classes} classes, {self.resolution}x{self.resolution}, {trunc})')
 
     def class_index(self, name: Union[int, str]) -> int:
         """The index of a class given by name (or index), checked against the run."""

@@ -5,8 +5,10 @@ A dataset's names, in label order:
   generators, which are ImageNet's): the 1000 standard category names, as torchvision ships
   them (`imagenet_class_names()[207]` is 'golden retriever'); no download.
 - An image folder: its class folder names (sorted, as the labels are).
+- CIFAR-10 / CIFAR-100 (C10, C100): the names of the datasets' own meta files, in label
+  order (CIFAR-100's fine labels, which are alphabetical); no download.
 - An HDF5 file: the folder names make_hdf5.py recorded in it (attribute `classes`).
-Files packed before make_hdf5.py recorded them (2019's) and CIFAR have none. train.py saves
+Files packed before make_hdf5.py recorded them (2019's) have none. train.py saves
 the names in the run config (`class_names`); sample.py takes them from there, else from the
 run's dataset. Without names, classes are asked for by index.
 
@@ -26,6 +28,27 @@ from image_files import find_classes, hdf5_class_names
 
 ClassRef = Union[int, str]  # a class index, or a name (or index) as typed
 
+# `label_names` of CIFAR-10's batches.meta and `fine_label_names` of CIFAR-100's meta, which
+# torchvision's CIFAR datasets read (as .classes) once the data is downloaded.
+CIFAR_CLASS_NAMES = {
+    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                'truck'),
+    'cifar100': (
+        'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle',
+        'bottle', 'bowl', 'boy', 'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle',
+        'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock', 'cloud', 'cockroach', 'couch',
+        'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin', 'elephant', 'flatfish', 'forest',
+        'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower',
+        'leopard', 'lion', 'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain',
+        'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear',
+        'pickup_truck', 'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit',
+        'raccoon', 'ray', 'road', 'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk',
+        'skyscraper', 'snail', 'snake', 'spider', 'squirrel', 'streetcar', 'sunflower',
+        'sweet_pepper', 'table', 'tank', 'telephone', 'television', 'tiger', 'tractor', 'train',
+        'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf', 'woman',
+        'worm'),
+}
+
 
 class ClassError(ValueError):
     """A class that is not in the run (index out of range, unknown name), saying why."""
@@ -40,7 +63,9 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 def dataset_class_names(dataset: str, spec: datasets.DatasetSpec) -> Optional[list[str]]:
     """The class names of a resolved dataset (`dataset` as given to --dataset), or None."""
-    if dataset in datasets.DATASETS:  # the 2019 table: ImageNet, and CIFAR (no names kept)
+    if spec.kind in CIFAR_CLASS_NAMES:
+        return list(CIFAR_CLASS_NAMES[spec.kind])
+    if dataset in datasets.DATASETS:  # the 2019 table's ImageNet forms
         return list(imagenet_class_names()) if spec.n_classes == 1000 else None
     if spec.kind == 'folder':
         return find_classes(spec.path, single_class_ok=spec.n_classes == 1)
@@ -98,7 +123,7 @@ def class_index(ref: ClassRef, names: Optional[Sequence[str]], n_classes: int) -
         raise ClassError(
             f'class {name!r}: this run has no class names (its config records none, as runs '
             f'trained before train.py recorded them, and its dataset gives none: an HDF5 file '
-            f'packed before make_hdf5.py stored them, CIFAR, or data not found here). Give '
+            f'packed before make_hdf5.py stored them, or data not found here). Give '
             f'class indices, 0 to {n_classes - 1}, instead')
     if name in names:
         return list(names).index(name)

@@ -220,7 +220,7 @@ FLAGS = [
     Flag('log_every', 50, POSITIVE_INT, 'iterations between reading the losses (host syncs)',
          in_name=False),
     _off('no_tensorboard', 'tensorboard', 'write no TensorBoard events (by default every log '
-         'also goes to <logs_root>/<experiment_name>/)'),
+         'also goes to <logs_root>/<experiment_name>/; a --resume without it writes them)'),
     Flag('amp', 'none', str, 'mixed precision: none, bf16 or fp16 (with a grad scaler)',
          choices=('none', 'bf16', 'fp16')),
     Flag('channels_last', False, SWITCH, 'channels-last memory format for G and D',
@@ -290,9 +290,10 @@ def flag_line(values: dict) -> str:
 
 
 # Keys that describe an invocation (where things are, what to do), not the run: never taken
-# from a saved run config.
+# from a saved run config. TensorBoard is one: a run saved with --no_tensorboard writes events
+# again when resumed without it (a bare off-switch could not be undone at a resume).
 INVOCATION_KEYS = {'base_root', 'data_root', 'weights_root', 'logs_root', 'samples_root',
-                   'experiment_name', 'load_weights', 'resume'}
+                   'experiment_name', 'load_weights', 'resume', 'tensorboard'}
 
 
 # ----------------------------------------------------------------------------------------

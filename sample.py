@@ -397,6 +397,11 @@ def build_sampler(config: dict, weights_file: Path, itr: int,
     B = config['G_batch_size']
     print(f"Loaded {weights_file} (itr {itr}): G in {'eval' if config['G_eval_mode'] else 'train'}"
           f" mode, {config['amp'] if precision.dtype else 'fp32'}, on {device}, batches of {B}")
+    get_metrics = None
+    if wants_metrics(config):  # built before seeding: a new Inception's init draws random
+        import inception_utils  # numbers, which would change every output's samples
+        get_metrics = inception_utils.prepare_inception_metrics(
+            *flags.inception_args(config), device=device, no_fid=config['no_fid'])
     utils.seed_rng(config['seed'])  # after building G: the draws do not depend on its init
     t = config['truncation']
     try:  # a converted BigGAN-deep: its BN statistics for t
@@ -408,11 +413,8 @@ def build_sampler(config: dict, weights_file: Path, itr: int,
     sampler = Sampler(config=config, G=G, net=net, latents=latents, precision=precision,
                       device=device, weights_file=weights_file, itr=itr, name=name,
                       out_dir=os.path.join(config['samples_root'], name),
-                      folder=itr if folder == -1 else folder, bn_table=bn_table)
-    if wants_metrics(config):
-        import inception_utils
-        sampler.get_metrics = inception_utils.prepare_inception_metrics(
-            *flags.inception_args(config), device=device, no_fid=config['no_fid'])
+                      folder=itr if folder == -1 else folder, bn_table=bn_table,
+                      get_metrics=get_metrics)
     return sampler
 
 

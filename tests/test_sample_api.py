@@ -92,7 +92,15 @@ def test_imagenet_names():
     assert class_names.class_indices(['golden retriever', '980', 985], names, 1000) == [
         207, 980, 985]
     assert class_names.class_index('GOLDEN RETRIEVER', names, 1000) == 207  # case: one match
-    assert class_names.dataset_class_names('C10', datasets.resolve_dataset('C10')) is None
+
+
+def test_cifar_names():
+    """C10 / C100 runs know their classes' names (the datasets' meta files', no download)."""
+    c10 = class_names.dataset_class_names('C10', datasets.resolve_dataset('C10'))
+    c100 = class_names.dataset_class_names('C100', datasets.resolve_dataset('C100'))
+    assert c10[3] == 'cat' and c10[8] == 'ship' and len(c10) == 10
+    # CIFAR-100's fine label names are in alphabetical order, one per label
+    assert len(set(c100)) == 100 and c100 == sorted(c100) and c100[88] == 'tiger'
 
 
 def test_closest_names_in_the_error():
@@ -221,14 +229,21 @@ def test_hub_load(base):
     assert 'seed' in hubconf.biggan.__doc__
 
 
-def test_2019_run_has_no_names_but_indices_work(tmp_path):
+def test_2019_cifar_run_samples_by_name_and_index(tmp_path):
+    """The 2019 run (--dataset C10, no class names saved) takes CIFAR-10's names."""
     fixture = shared_file('fixtures/run2019/weights/run2019/G_ema.pth').parent
     shutil.copytree(fixture, tmp_path / 'run2019')
     run = biggan_api.load(tmp_path / 'run2019')
-    assert run.class_names is None and run.n_classes == 10
-    assert run.sample([3, 7], seeds=[0, 1]).shape == (4, 3, 32, 32)
-    with pytest.raises(biggan_api.SampleError, match='no class names.*class indices, 0 to 9'):
-        run.sample('cat', seeds=0)
+    assert run.class_names[:3] == ['airplane', 'automobile', 'bird'] and run.n_classes == 10
+    by_name = run.sample(['cat', 'truck'], seeds=[0, 1])
+    assert by_name.shape == (4, 3, 32, 32)
+    assert torch.equal(by_name, run.sample([3, 9], seeds=[0, 1]))
+
+
+def test_a_run_without_names_takes_indices():
+    with pytest.raises(class_names.ClassError, match='no class names.*class indices, 0 to 9'):
+        class_names.class_index('cat', None, 10)
+    assert class_names.class_indices(['3', 7], None, 10) == [3, 7]
 
 
 @pytest.fixture(scope='module')

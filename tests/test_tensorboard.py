@@ -207,6 +207,17 @@ def test_no_tensorboard_writes_no_events(tmp_path, data_file):
     assert utils.name_from_config(without) == utils.name_from_config(default)
 
 
+def test_resume_without_no_tensorboard_writes_events_again(tmp_path, data_file):
+    """--no_tensorboard is this invocation's choice, not the run's: a resume without it logs
+    the steps it trains (a bare off-switch saved with the run could not be undone)."""
+    flags = run_flags(tmp_path, data_file, '--save_every', '2', '--log_every', '1')
+    train.main([*flags, '--num_epochs', '1', '--no_tensorboard'])
+    assert not tb_log.event_files(str(log_dir(tmp_path)))
+    train.main([*flags, '--num_epochs', '2', '--resume'])
+    steps = [step for step, _ in scalars(read_back(tmp_path))['train/G_loss']]
+    assert steps == [5, 6, 7, 8]  # 4 iterations per epoch: the second epoch's
+
+
 def test_missing_tensorboard_is_a_start_up_error_naming_the_fix(tmp_path, data_file,
                                                                 monkeypatch):
     """Without the package: an error saying `pip install tensorboard` or --no_tensorboard,
