@@ -8,9 +8,12 @@ Samples:
 - an .npz whose uint8 images are `x` (sample.py's) or `arr_0` (`np.savez(path, images)`),
   [N, H, W, 3] or [N, 3, H, W], with optional integer labels `y` (or `arr_1` beside `arr_0`,
   as ADM's sample batches). Read a batch at a time: the array never has to fit in memory.
-- a folder of images (PNG, JPEG, any format PIL reads): the files directly inside it, in
-  sorted order, unlabelled; or, when it holds none, one subfolder per class (labels by sorted
-  subfolder name, as image folder datasets).
+- a folder of images (PNG, JPEG, any format PIL reads): the files directly inside it,
+  unlabelled; or, when it holds none, one subfolder per class (labels by sorted subfolder
+  name, as image folder datasets). Its images are scored in one fixed shuffled order
+  (FOLDER_ORDER_SEED): file names often sort by class (sample.py --seeds writes class<i>_...),
+  and IS splits of one class each would understate the IS. The other metrics do not depend
+  on the order; an .npz is scored in its own order, as sample.py measured it.
 Any resolution: the Inception network resizes each image to 299x299 as it does samples and
 data (inception_net.InceptionNet; no crop, so non-square images are stretched). Images go to
 [-1, 1] as the data do (datasets.to_float), and sample.py measures its samples as these 8-bit
@@ -62,6 +65,7 @@ from flags import run_cli
 from metrics import InceptionMetrics, intra_class_fid, torch_calculate_frechet_distance
 
 IMAGE_KEYS = ('x', 'arr_0')  # sample.py's name, then np.savez's first positional array
+FOLDER_ORDER_SEED = 2020  # the seed of torch-fidelity's shuffle of samples before the IS
 
 
 @dataclass
@@ -190,8 +194,12 @@ def _folder_files(folder: Path) -> tuple[list[str], Optional[np.ndarray]]:
 
 
 def open_folder(folder: Path) -> Images:
-    """A folder's images, each opened (and verified, where PIL can) before any is scored."""
+    """A folder's images, each opened (and verified, where PIL can) before any is scored,
+    in a fixed shuffled order (see the module docstring)."""
     paths, labels = _folder_files(folder)
+    order = np.random.RandomState(FOLDER_ORDER_SEED).permutation(len(paths))
+    paths = [paths[i] for i in order]
+    labels = None if labels is None else labels[order]
     sizes, bad = set(), []
     for path in paths:
         try:
