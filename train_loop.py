@@ -383,7 +383,8 @@ class AfterStep:
             stop_non_finite(str(err), itr, self.last_save)
         if self.is_main:
             more = ''.join(f", {k} {record[k]:.4g}" for k in
-                           ('KID_mean', 'KID_std', 'precision', 'recall') if k in record)
+                           ('KID_mean', 'KID_std', 'precision', 'recall', 'density',
+                            'coverage') if k in record)
             bar.write(f"itr {itr}: IS {record['IS_mean']:.3f} +/- {record['IS_std']:.3f}, "
                       f"FID {record['FID']}{more}")
             if self.tb is not None:  # every number of the jsonl record (FID None: not tested)
