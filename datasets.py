@@ -34,6 +34,7 @@ from image_files import (
     skipped_warning,
     unreadable,
 )
+from image_transforms import CENTER_CROP, ImageTransform
 from node_memory import NodeArray, load_hdf5
 from samplers import EpochSampler, MultiEpochSampler, epoch_order  # noqa: F401 (datasets.X)
 
@@ -239,18 +240,20 @@ class ImageFolderDataset(ImageDataset):
 
     Files that are not images of a class (see find_images) are left out with a warning,
     unless `warn` is off (on ranks other than 0). Images PIL cannot decode are replaced (see
-    `item`) or, with load_in_mem, dropped at load time and added to `skipped`.
+    `item`) or, with load_in_mem, dropped at load time and added to `skipped`. `transform`
+    makes each image square (image_transforms.py; as make_hdf5.py --transform).
     """
 
     def __init__(self, root: str | os.PathLike, resolution: int, *, augment: bool = False,
-                 load_in_mem: bool = False, single_class_ok: bool = False, warn: bool = True):
+                 load_in_mem: bool = False, single_class_ok: bool = False, warn: bool = True,
+                 transform: ImageTransform = CENTER_CROP):
         listing = find_images(root, single_class_ok)
         super().__init__([label for _, label in listing.samples], augment)
         self.classes, self.skipped = listing.classes, listing.skipped
         if self.skipped and warn:
             warnings.warn(skipped_warning(root, self.skipped), stacklevel=2)
         self.root, self.paths = Path(root), [p for p, _ in listing.samples]
-        self.resolution = resolution
+        self.resolution, self.transform = resolution, transform
         self.imgs = self._load_all(warn) if load_in_mem else None
         self._unreadable: set[int] = set()  # indices this process failed to decode (warned)
 
@@ -259,7 +262,7 @@ class ImageFolderDataset(ImageDataset):
         imgs, keep, bad = [], [], []
         for i, path in enumerate(self.paths):
             try:
-                imgs.append(load_image(path, self.resolution))
+                imgs.append(load_image(path, self.resolution, self.transform))
                 keep.append(i)
             except Exception as e:  # as make_hdf5.py: any decoder failure skips one image
                 bad.append(unreadable(path, e))
@@ -288,7 +291,8 @@ class ImageFolderDataset(ImageDataset):
             if i in self._unreadable:
                 continue
             try:
-                return load_image(self.paths[i], self.resolution), int(self.labels[i])
+                img = load_image(self.paths[i], self.resolution, self.transform)
+                return img, int(self.labels[i])
             except Exception as e:  # one corrupt file must not end a run hours in
                 self._unreadable.add(i)
                 error = unreadable(self.paths[i], e).reason
@@ -364,10 +368,11 @@ def _cifar(spec: DatasetSpec, augment: bool) -> ArrayDataset:
 
 
 def build_dataset(spec: DatasetSpec, *, augment: bool = False, load_in_mem: bool = False,
-                  warn: bool = True) -> ImageDataset:
+                  warn: bool = True, transform: ImageTransform = CENTER_CROP) -> ImageDataset:
     """The Dataset of a resolved spec, checked against the spec's class count.
 
     `warn`: warn about the files of an image folder that are not images of a class.
+    `transform`: how an image folder's images are made square (HDF5 files are packed so).
     """
     if spec.kind in ('cifar10', 'cifar100'):
         return _cifar(spec, augment)
@@ -381,7 +386,7 @@ def build_dataset(spec: DatasetSpec, *, augment: bool = False, load_in_mem: bool
         return dataset
     dataset = ImageFolderDataset(spec.path, spec.resolution, augment=augment,
                                  load_in_mem=load_in_mem, single_class_ok=spec.n_classes == 1,
-                                 warn=warn)
+                                 warn=warn, transform=transform)
     if len(dataset.classes) != spec.n_classes:
         raise ValueError(f'{spec.path} has {len(dataset.classes)} class folders but {spec.name} '
                          f'expects {spec.n_classes}; to train on this folder as it is, pass its '
@@ -398,19 +403,22 @@ def get_data_loaders(dataset: str, data_root: str = 'data', *, resolution: int |
                      use_multiepoch_sampler: bool = False, seed: int = 0, rank: int = 0,
                      world_size: int = 1, unconditional: bool = False, minibatches: int = 1,
                      mirror_augment: bool = False, num_samples: int = 0,
-                     subset: np.ndarray | None = None, **kwargs) -> list[DataLoader]:
+                     subset: np.ndarray | None = None, transform: str = 'center-crop',
+                     pad_value: int = 0, **kwargs) -> list[DataLoader]:
     """[DataLoader] of (x float32 [B,3,R,R] in [-1,1], y int64 [B]); B is the per-rank batch.
 
     `shuffle` applies without `use_multiepoch_sampler` only: that sampler always shuffles.
     `minibatches`: how many minibatches train.py cuts each batch into (D steps x
     accumulations); under DDP each rank's batch holds its slice of every global minibatch.
     `num_samples`: train on that many images, chosen by `seed` (or the `subset` a run
-    recorded); the loader's dataset then has their `indices`.
+    recorded); the loader's dataset then has their `indices`. `transform`, `pad_value`: how
+    an image folder's images are made square (image_transforms.ImageTransform).
     Other run-config keys in kwargs are ignored (train.py passes its whole config).
     """
     spec = resolve_dataset(dataset, data_root, resolution=resolution,
                            single_class_ok=unconditional)
-    data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem, warn=rank == 0)
+    data = build_dataset(spec, augment=augment, load_in_mem=load_in_mem, warn=rank == 0,
+                         transform=ImageTransform(transform, pad_value))
     # Augmentations are drawn per stream position, from the run's seed: the same crops and
     # flips whatever the worker count, on every rank count, and after a resume.
     data.augment_seed, data.mirror = seed, mirror_augment

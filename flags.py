@@ -22,6 +22,7 @@ from checkpoints import (
     dump_config,
     load_file,
 )
+from image_transforms import TRANSFORMS
 from run_lock import RunLockedError
 
 # ----------------------------------------------------------------------------------------
@@ -99,6 +100,11 @@ FLAGS = [
     # Not in the run name: train.py fills it in from the data before naming the run.
     Flag('resolution', 0, COUNT, 'image resolution for a dataset given by path (0: from the '
          'dataset name or file)', in_name=False),
+    Flag('transform', 'center-crop', str, "how an image folder's images become squares: the "
+         'centred square, the centred 2:1 window with black bars, or the short side padded by '
+         'reflection or with --pad_value (an HDF5 file keeps the one it was packed with)',
+         choices=TRANSFORMS),
+    Flag('pad_value', 0, bounded(int, 0, 255), 'the grey level of --transform pad-constant'),
     Flag('augment', False, SWITCH, 'random crop / flip augmentation'),
     Flag('num_workers', 8, COUNT, 'data loader worker processes'),
     _off('no_pin_memory', 'pin_memory', 'do not pin loader memory'),

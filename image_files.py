@@ -1,12 +1,13 @@
 """Image files and the folders and HDF5 files that hold them: reading, listing, checking.
 
-Every image goes through `load_image` (RGB, centre crop on the long edge, PIL bilinear
-resize, as the 2019 release's torchvision `Resize` did), so a folder and the HDF5 file
-`make_hdf5.py` packs from it give identical pixels. A folder's images are the files directly
-inside its class folders with an extension PIL opens (an animated GIF gives its first frame);
-`find_images` lists every other file under it as a `SkippedFile` with the reason it is left
-out. `find_classes` and `inspect_hdf5` refuse the layouts that would silently mislabel data
-(loose images, one class, a folder nested a level too deep, labels outside the class count).
+Every image goes through `load_image` (RGB, then by default a centre crop on the long edge
+and a PIL bilinear resize, as the 2019 release's torchvision `Resize` did; the other
+transforms are in image_transforms.py), so a folder and the HDF5 file `make_hdf5.py` packs
+from it give identical pixels. A folder's images are the files directly inside its class
+folders with an extension PIL opens (an animated GIF gives its first frame); `find_images`
+lists every other file under it as a `SkippedFile` with the reason it is left out.
+`find_classes` and `inspect_hdf5` refuse the layouts that would silently mislabel data (loose
+images, one class, a folder nested a level too deep, labels outside the class count).
 
 Example:
     listing = find_images('data/demo')  # listing.samples: [(path, label)], sorted
@@ -24,6 +25,8 @@ import numpy as np
 import torch.distributed as dist
 from PIL import Image, ImageFile
 
+from image_transforms import CENTER_CROP, ImageTransform
+
 
 def _image_extensions() -> frozenset[str]:
     """Lower-case extensions of every format PIL decodes.
@@ -40,7 +43,6 @@ def _image_extensions() -> frozenset[str]:
 
 
 IMG_EXTENSIONS = _image_extensions()
-RESAMPLE = Image.BILINEAR
 
 
 # ----------------------------------------------------------------------------- images
@@ -60,19 +62,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == 'RGB' else img.convert('RGB')
 
 
-def center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
-    """Centre-crop the long edge to a square (torchvision's rounding), resize to resolution."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = int(round((w - s) / 2.0)), int(round((h - s) / 2.0))
-    img = img.crop((left, top, left + s, top + s))
-    return img if s == resolution else img.resize((resolution, resolution), RESAMPLE)
-
-
-def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
-    """Decode an image file into uint8 [3, R, R]: the one preprocessing path for all data."""
+def load_image(path: str | os.PathLike, resolution: int,
+               transform: ImageTransform = CENTER_CROP) -> np.ndarray:
+    """Decode an image file into uint8 [3, R, R]: the one preprocessing path for all data
+    (`transform`: centre crop by default, see image_transforms.py)."""
     with Image.open(path) as img:
-        img = center_crop_resize(to_rgb(img), resolution)
+        img = transform(to_rgb(img), resolution)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 

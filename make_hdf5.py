@@ -8,6 +8,10 @@ Examples:
     # The built-in demo: writes the PNG folder data/demo (10 classes x 500 images, 32x32),
     # then packs it like any folder into data/demo_32.hdf5
     python make_hdf5.py --make_demo data/demo --resolution 32
+    # Non-square images: letterbox a 2:1 window, or pad to a square (reflect / a grey level)
+    python make_hdf5.py --dataset path/to/cars --resolution 128 --transform center-crop-wide
+    python make_hdf5.py --dataset path/to/folder --resolution 64 --transform pad-constant \\
+        --pad_value 255
 
 Images go through `image_files.load_image` (the same preprocessing the folder dataset uses),
 decoded in --num_workers processes and streamed to disk batch by batch, so memory does not
@@ -19,8 +23,9 @@ reads it); the others (non-image, hidden or nested files) and the images PIL fai
 are counted in the summary, and listed with their reasons in `<output stem>_skipped.txt`
 beside the output. The file's attrs hold n_classes, resolution, classes (the folder names, in
 label order: the class names train.py records and sample.py --classes takes), source and
-n_skipped. `make_demo_folder` draws the built-in demo dataset (coloured shapes on
-gradient backgrounds, one class per shape and colour) from a seed.
+n_skipped, and the --transform that made the squares: `transform` (and `pad_value` for
+pad-constant; see image_transforms.py). `make_demo_folder` draws the built-in demo dataset
+(coloured shapes on gradient backgrounds, one class per shape and colour) from a seed.
 """
 import argparse
 import os
@@ -40,13 +45,15 @@ from BigGAN import G_CHANNELS
 from datasets import DATASETS, resolve_dataset
 from flags import run_cli
 from image_files import SkippedFile, count_kinds, find_images, load_image, unreadable
+from image_transforms import CENTER_CROP, TRANSFORMS, ImageTransform
 
 
 class _Decoder(Dataset):
     """(uint8 [3, R, R] image or None, label, SkippedFile if PIL failed or None) per sample."""
 
-    def __init__(self, samples: list[tuple[str, int]], resolution: int):
-        self.samples, self.resolution = samples, resolution
+    def __init__(self, samples: list[tuple[str, int]], resolution: int,
+                 transform: ImageTransform):
+        self.samples, self.resolution, self.transform = samples, resolution, transform
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -54,7 +61,7 @@ class _Decoder(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray | None, int, SkippedFile | None]:
         path, label = self.samples[index]
         try:
-            return load_image(path, self.resolution), label, None
+            return load_image(path, self.resolution, self.transform), label, None
         except Exception as e:  # any decoder failure skips one image, never the whole run
             return None, label, unreadable(path, e)
 
@@ -88,7 +95,8 @@ class PackResult:
 def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution: int, *,
                 batch_size: int = 256, num_workers: int = 16, chunk_size: int = 500,
                 compression: bool = False, progress: bool = True,
-                single_class_ok: bool = False) -> PackResult:
+                single_class_ok: bool = False,
+                transform: ImageTransform = CENTER_CROP) -> PackResult:
     """Pack a class-per-subfolder image folder into `output` (see the module docstring)."""
     listing = find_images(folder, single_class_ok)
     samples, classes = listing.samples, listing.classes
@@ -96,7 +104,7 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + '.partial')
     log_path = output.with_name(output.stem + '_skipped.txt')
-    loader = DataLoader(_Decoder(samples, resolution), batch_size=batch_size,
+    loader = DataLoader(_Decoder(samples, resolution, transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     r, n, skipped = resolution, 0, list(listing.skipped)  # then the images PIL cannot decode
     lzf = 'lzf' if compression else None
@@ -123,7 +131,8 @@ def pack_folder(folder: str | os.PathLike, output: str | os.PathLike, resolution
             imgs.resize(n, axis=0)
             labels.resize(n, axis=0)
             f.attrs.update(n_classes=len(classes), resolution=r, classes=classes,
-                           source=str(Path(folder).resolve()), n_skipped=len(skipped))
+                           source=str(Path(folder).resolve()), n_skipped=len(skipped),
+                           **transform.attrs)
         result = PackResult(output, n, skipped, log_path if skipped else None)
         if skipped:
             log_path.write_text(''.join(f'{line}\n' for line in result.skipped))
@@ -229,13 +238,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--output', default='',
                    help='output file (default <data_root>/ILSVRC<R>.hdf5 for named datasets, '
                         '<data_root>/<folder name>_<R>.hdf5 for a folder path)')
+    p.add_argument('--transform', default='center-crop', choices=TRANSFORMS,
+                   help='how an image becomes a square: center-crop (the centred square), '
+                        'center-crop-wide (the centred 2:1 window, black bars above and '
+                        'below), pad (the short side padded by reflection), pad-constant '
+                        '(padded with the grey level --pad_value); default center-crop')
+    p.add_argument('--pad_value', type=int, default=None, metavar='0-255',
+                   help='the grey level of --transform pad-constant (default 0: black)')
     p.add_argument('--make_demo', default='', metavar='FOLDER',
                    help='write the built-in demo dataset to FOLDER (kept if it exists), '
                         'then pack it; --resolution defaults to 32')
     p.add_argument('--demo_images_per_class', type=int, default=500, help='demo size')
     p.add_argument('--demo_classes', type=int, default=10, help='demo classes (2 to 20)')
     p.add_argument('--seed', type=int, default=0, help='demo random seed')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pad_value is not None and args.transform != 'pad-constant':
+        p.error(f'--pad_value is the fill of --transform pad-constant (not {args.transform})')
+    try:
+        args.image_transform = ImageTransform(args.transform, args.pad_value or 0)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 # Signals received. The handler's SystemExit can be swallowed where it lands in library code
@@ -290,10 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output) if args.output else default_out
 
     # Pack.
-    print(f'Packing {spec.path} at {spec.resolution}x{spec.resolution} into {output}')
+    print(f'Packing {spec.path} at {spec.resolution}x{spec.resolution} '
+          f'({args.image_transform}) into {output}')
     result = pack_folder(spec.path, output, spec.resolution, batch_size=args.batch_size,
                          num_workers=args.num_workers, chunk_size=args.chunk_size,
-                         compression=args.compression, single_class_ok=args.unconditional)
+                         compression=args.compression, single_class_ok=args.unconditional,
+                         transform=args.image_transform)
     for line in result.skipped[:10]:
         print(f'  skipped {line}')
     if len(result.skipped) > 10:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 import class_names
 import datasets
 import flags
+import image_transforms
 import layers
 import resume
 import run_lock
@@ -61,8 +62,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def prepare_config(config: dict) -> dict:
-    """Resolve roots, precision flags, the dataset's resolution/classes and the run's name."""
+def prepare_config(config: dict, given: Optional[dict] = None) -> dict:
+    """Resolve roots, precision flags, the dataset's resolution/classes/transform and the run's
+    name (`given`: the flags typed, see setup_config)."""
     note = utils.legacy_precision_note(config)
     if note:
         print(note)
@@ -82,6 +84,10 @@ def prepare_config(config: dict) -> dict:
               f"{config['G_batch_size']} (the 2019 code ignored a smaller G_batch_size)")
     config['experiment_name'] = config['experiment_name'] or utils.name_from_config(config)
     config['moments_path'] = str(spec.moments_path)
+    # After naming: the name has --transform as typed; the config records the one the images
+    # went through (an HDF5 file's own: files packed before transforms were recorded say none).
+    used = image_transforms.run_transform(spec.kind, spec.path, config, given)
+    config['transform'], config['pad_value'] = used.name, used.pad_value
     return config
 
 
@@ -123,7 +129,7 @@ def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
     fail before anything is written to disk."""
     if config['resume']:
         config = resume.resumed_config(config, given)
-    config = prepare_config(config)
+    config = prepare_config(config, given)
     check_config(config, world_size, torch.cuda.device_count())
     tb_log.check_available(config)
     resume.check_run_folder(config)

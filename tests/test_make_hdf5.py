@@ -12,11 +12,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_image_files import MESSY_IMAGES, MESSY_SKIPPED, messy_folder, relative, write_folder
+from test_image_files import (
+    MESSY_IMAGES,
+    MESSY_SKIPPED,
+    messy_folder,
+    relative,
+    write_folder,
+)
+from test_image_transforms import non_square_folder
 
 import make_hdf5
 from datasets import HDF5Dataset, ImageFolderDataset, resolve_dataset
+from helpers import write_hdf5
 from image_files import find_classes, load_image
+from image_transforms import TRANSFORMS, ImageTransform, hdf5_transform
 from make_hdf5 import make_demo_folder
 
 
@@ -141,7 +150,7 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path, monkeypat
     folder = write_folder(tmp_path / 'f', {'a': 4, 'b': 4})
     calls = []
 
-    def interrupt(path, resolution):
+    def interrupt(path, resolution, transform):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt
@@ -157,7 +166,7 @@ SLOW_PACK = """
 import sys, time
 import make_hdf5
 decode = make_hdf5.load_image
-make_hdf5.load_image = lambda path, r: (time.sleep(0.05), decode(path, r))[1]
+make_hdf5.load_image = lambda path, r, t: (time.sleep(0.05), decode(path, r, t))[1]
 make_hdf5.main(sys.argv[1:])
 """
 
@@ -238,3 +247,42 @@ def test_demo_is_deterministic_with_ten_distinct_classes(tmp_path):
     assert Image.open(next(big.rglob('*.png'))).size == (64, 64)
     with pytest.raises(FileExistsError):
         make_demo_folder(a)
+
+
+def test_each_transform_is_packed_and_recorded(tmp_path):
+    folder = non_square_folder(tmp_path / 'shapes')
+    paths = ImageFolderDataset(folder, 32).paths
+    for transform in [*(ImageTransform(name) for name in TRANSFORMS),
+                      ImageTransform('pad-constant', 128)]:
+        out = tmp_path / f'{transform.name}.hdf5'
+        make_hdf5.pack_folder(folder, out, 32, num_workers=0, progress=False,
+                              transform=transform)
+        assert hdf5_transform(out) == transform
+        with h5py.File(out) as f:
+            assert f.attrs['transform'] == transform.name
+            constant = transform.name == 'pad-constant'
+            assert f.attrs.get('pad_value') == (transform.pad_value if constant else None)
+            for i, path in enumerate(paths):
+                assert np.array_equal(f['imgs'][i], load_image(path, 32, transform))
+    with h5py.File(tmp_path / 'center-crop-wide.hdf5') as f:  # black bars of R/4 rows
+        assert (f['imgs'][:, :, :8] == 0).all() and (f['imgs'][:, :, 24:] == 0).all()
+    assert hdf5_transform(write_hdf5(tmp_path / 'old.hdf5')) == ImageTransform()  # no attrs
+
+
+def test_transform_flags_are_checked_before_anything_is_written(tmp_path, capsys):
+    folder = non_square_folder(tmp_path / 'shapes')
+    argv = ['--dataset', str(folder), '--resolution', '32', '--data_root', str(tmp_path / 'out'),
+            '--num_workers', '0']
+    for extra, words in [(['--transform', 'crop'], "invalid choice: 'crop' (choose from "
+                                                    "'center-crop', 'center-crop-wide', 'pad', "
+                                                    "'pad-constant')"),
+                         (['--transform', 'pad', '--pad_value', '9'],
+                          '--pad_value is the fill of --transform pad-constant (not pad)'),
+                         (['--transform', 'pad-constant', '--pad_value', '300'], '0-255')]:
+        with pytest.raises(SystemExit) as info:
+            make_hdf5.main(argv + extra)
+        assert info.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+    make_hdf5.main(argv + ['--transform', 'pad-constant', '--pad_value', '255'])
+    assert '(pad-constant (pad_value 255))' in capsys.readouterr().out
+    assert hdf5_transform(tmp_path / 'out/shapes_32.hdf5') == ImageTransform('pad-constant', 255)
