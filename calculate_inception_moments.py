@@ -97,8 +97,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     inception_utils.save_moments(out_path, mu, sigma, args.inception)
     print(f'Saved the moments of {num_images} images to {out_path}')
     if len(feats):
+        order = datasets.epoch_order(num_images, args.seed, 0, args.shuffle)  # the sampler's
         inception_utils.save_features(features_path, feats, args.inception, num_images,
-                                      labels=torch.cat(labels)[torch.from_numpy(rows)])
+                                      labels=torch.cat(labels)[torch.from_numpy(rows)],
+                                      indices=order[rows])
         print(f'Saved the features of {len(feats)} of them (KID, precision/recall) to '
               f'{features_path}')
 

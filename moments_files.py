@@ -7,7 +7,8 @@ reading them back with checks that they fit the network.
 - Real features (KID, precision/recall, density/coverage): `<stem>_features.npz` (or
   `<stem>_tf_features.npz`), at most inception_utils.NUM_FEATURES pool features [n, 2048]
   (float32), written in the same pass as the moments, and optionally their class `labels` [n]
-  (int64), which intra-class FID needs (evaluate.py).
+  (int64), which intra-class FID needs (evaluate.py), and the dataset `indices` [n] (int64) of
+  the images they are, which nearest_neighbours.py needs (older files lack both).
 A missing or unfit file is refused with the `calculate_inception_moments.py` command that
 (re)makes it, worked out from the data found beside it.
 
@@ -131,17 +132,19 @@ def features_file(moments_path: PathLike, inception: str = 'torchvision') -> Pat
 
 
 def save_features(path: PathLike, feats: Array, inception: str, num_images: int,
-                  labels: Optional[Array] = None) -> None:
+                  labels: Optional[Array] = None, indices: Optional[Array] = None) -> None:
     """Write real pool features [n, 2048] (float32), the network's name, the number of images
-    they were drawn from and, when given, their class labels [n] (int64), atomically."""
+    they were drawn from and, when given, their class labels [n] and the dataset indices [n]
+    of their images (int64), atomically."""
     path = Path(path)
     feats = np.asarray(torch.as_tensor(feats).cpu(), np.float32)
     extra = {}
-    if labels is not None:
-        extra['labels'] = np.asarray(torch.as_tensor(labels).cpu(), np.int64)
-        if extra['labels'].shape != (len(feats),):
-            raise ValueError(f'{len(feats)} features but labels of shape '
-                             f'{extra["labels"].shape}')
+    for key, value in (('labels', labels), ('indices', indices)):
+        if value is not None:
+            extra[key] = np.asarray(torch.as_tensor(value).cpu(), np.int64)
+            if extra[key].shape != (len(feats),):
+                raise ValueError(f'{len(feats)} features but {key} of shape '
+                                 f'{extra[key].shape}')
     tmp = path.with_name(path.name + '.tmp.npz')
     np.savez(tmp, features=feats, inception=np.array(inception),
              num_images=np.array(num_images), **extra)
@@ -198,3 +201,37 @@ def load_feature_labels(path: PathLike, n: int, inception: str = 'torchvision', 
         raise ValueError(f'{path} holds labels of shape {labels.shape} and dtype {labels.dtype}'
                          f' for {n} features; expected integers of shape ({n},)')
     return labels.astype(np.int64)
+
+
+def load_feature_indices(path: PathLike, n: int, dataset_labels: np.ndarray,
+                         inception: str = 'torchvision', *, resolution: Optional[int] = None,
+                         inception_weights: Optional[PathLike] = None) -> np.ndarray:
+    """The dataset indices [n] (int64) of the images whose n features `load_features` read,
+    checked against the dataset's labels. A file from before indices were stored is taken to
+    hold every image in order when it kept all of them with their labels in the dataset's
+    order (calculate_inception_moments.py without --shuffle); any other is refused, naming
+    the command that remakes it."""
+    path, num = Path(path), len(dataset_labels)
+    with np.load(path) as f:
+        indices = f['indices'].astype(np.int64) if 'indices' in f else None
+        labels = f['labels'] if 'labels' in f else None
+        made_from = int(f['num_images']) if 'num_images' in f else None
+    in_order = (made_from == n == num and labels is not None and len(np.unique(labels)) > 1
+                and np.array_equal(labels, dataset_labels))
+    problem = ''
+    if made_from is not None and made_from != num:
+        problem = f'was made from {made_from} images, not these {num}'
+    elif indices is None and not in_order:
+        problem = ('does not record which training images its features are (files written '
+                   'before the indices were stored lack them)')
+    elif indices is None:
+        indices = np.arange(n)
+    elif indices.shape != (n,):
+        problem = f'holds indices of shape {indices.shape} for {n} features'
+    elif n and (indices.min() < 0 or indices.max() >= num or (
+            labels is not None and not np.array_equal(labels, dataset_labels[indices]))):
+        problem = f'was made from other images than these {num} (indices or labels differ)'
+    if problem:
+        command = _features_command(path, inception, resolution, inception_weights)
+        raise ValueError(f'{path} {problem}; remake it with: {command}')
+    return indices
