@@ -128,6 +128,23 @@ def test_a_training_image_is_its_own_nearest_neighbour_at_distance_0(world, tmp_
     assert first[0]['sample_class_name'] == 'shape3' == first[0]['train_class_name']
 
 
+def test_a_features_file_from_before_indices_is_read_when_it_holds_every_image_in_order(
+        world, tmp_path, tiny_net):
+    """A file without indices that kept every image, labels in the data's order (made without
+    --shuffle), is taken as rows = dataset indices."""
+    data = tmp_path / 'data.hdf5'
+    data.write_bytes(world['data'].read_bytes())
+    with np.load(world['root'] / 'data' / 'shapes_inception_moments_features.npz') as f:
+        kept = {key: f[key] for key in f if key != 'indices'}
+        order = np.argsort(f['indices'])
+    kept.update(features=kept['features'][order], labels=kept['labels'][order])
+    np.savez(tmp_path / 'data_inception_moments_features.npz', **kept)
+    np.savez(tmp_path / 'one.npz', x=training_images(world['data'], [21]))
+    _, rows, _ = run_nn(world, tmp_path, '--images', tmp_path / 'one.npz', '--dataset', data,
+                        '--k', 2)
+    assert (rows[0]['train_index'], rows[0]['distance'], rows[1]['copy']) == ('21', '0.0', '0')
+
+
 def test_neighbours_are_a_brute_force_search_and_the_sheet_shows_the_csv(world, tmp_path,
                                                                        tiny_net):
     """Noise images: the CSV's neighbours and distances are numpy's brute-force k nearest of
