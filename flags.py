@@ -214,6 +214,8 @@ FLAGS = [
     Flag('D_warmup', 0, COUNT, "first N iterations train D only (G's weights, and so "
          "G_ema's, stay as loaded; its BN running stats still follow the batches): a fresh D "
          "meets a --load_weights G"),
+    Flag('freeze_D', 0, COUNT, "FreezeD (Mo et al. 2020): D's first N blocks from the input "
+         'stay as loaded while fine-tuning from --load_weights (see freeze.py)'),
     # Logging
     Flag('logstyle', '%3.3e', str, 'number format of the training logs'),
     Flag('log_G_spectra', False, SWITCH, "log G's singular values"),

@@ -31,6 +31,7 @@ from tqdm import tqdm
 import class_names
 import datasets
 import flags
+import freeze
 import image_transforms
 import layers
 import resume
@@ -131,6 +132,7 @@ def setup_config(config: dict, given: Optional[dict], world_size: int) -> dict:
         config = resume.resumed_config(config, given)
     config = prepare_config(config, given)
     check_config(config, world_size, torch.cuda.device_count())
+    freeze.check_freeze_D(config)
     tb_log.check_available(config)
     resume.check_run_folder(config)
     check_test_setup(config)
@@ -185,7 +187,10 @@ def build_optimizers(G: nn.Module, D: nn.Module, config: dict, device: torch.dev
 def build_nets(config: dict, device: torch.device) -> train_fns.Nets:
     """G, D, G_ema and both optimizers."""
     G, D, G_ema = build_models(config, device)
-    return train_fns.Nets(G, D, G_ema, *build_optimizers(G, D, config, device))
+    nets = train_fns.Nets(G, D, G_ema, *build_optimizers(G, D, config, device),
+                          D_frozen=freeze.frozen_D_modules(D, config.get('freeze_D', 0)))
+    freeze.hold(nets.D_frozen)  # before any DDP wrapper: it reduces the trained ones only
+    return nets
 
 
 def build_ema(nets: train_fns.Nets, config: dict) -> Optional[utils.ema]:

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import diffaug
+import freeze
 import utils
 from BigGAN import G_D, unwrap
 from flags import COUNT, NONNEGATIVE, POSITIVE_INT, Flag, augment_policy, bounded
@@ -333,6 +334,7 @@ class GANStep:
         config, D, D_optim = self.config, self.nets.D, self.nets.D_optim
         if config['toggle_grads']:
             utils.toggle_grad(D, True)
+            freeze.hold(self.nets.D_frozen)  # --freeze_D: its first blocks take no gradient
             utils.toggle_grad(self.nets.G, False)
         n_acc, minibatches = config['num_D_accumulations'], iter(reals)
         for _ in range(config['num_D_steps']):

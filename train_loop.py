@@ -16,6 +16,7 @@ from typing import Any, Callable, NoReturn, Optional
 import torch
 import torch.nn as nn
 
+import freeze
 import metrics
 import tb_log
 import utils
@@ -88,6 +89,7 @@ class Nets:
     G_ema: Optional[nn.Module]
     G_optim: torch.optim.Optimizer
     D_optim: torch.optim.Optimizer
+    D_frozen: tuple[nn.Module, ...] = ()  # --freeze_D: D's first blocks (freeze.py)
 
     def sampling_G(self, config: dict) -> nn.Module:
         """The G to sample and test with: the EMA copy with --ema --use_ema, else G."""
@@ -99,6 +101,7 @@ class Nets:
         for net in (self.G, self.D, self.G_ema):
             if net is not None:
                 net.train(mode)
+        freeze.hold(self.D_frozen)  # frozen blocks stay in eval mode: SN keeps their u
 
     @contextlib.contextmanager
     def sampling_mode(self, eval_mode: bool):
