@@ -10,7 +10,10 @@
 sample.build_sampler): its saved config, overridden by keywords named as sample.py's flags
 (use_ema=False, accumulate_stats=True, num_standing_accumulations=32, truncation=0.5,
 load_weights='best0', weights_root='...', ...). Any run sample.py samples loads: ours, a 2019
-run folder, a TFHub/converter.py folder (TF-Hub BigGAN, or a Hugging Face BigGAN-deep). Images
+run folder, a TFHub/converter.py folder (TF-Hub BigGAN, or a Hugging Face BigGAN-deep), or a
+published Hugging Face BigGAN-deep by name ('biggan-deep-128', '-256', '-512'): fetched through
+the pytorch-pretrained-biggan package's download cache (offline, only if already there) and
+converted once into <torch hub dir>/biggan_converted/<name>/ (HF_CONVERTED_DIR). Images
 come from seeded_samples.py, so `run.sample` equals sample.py --classes --seeds pixel for pixel
 for the same run, seeds and truncation. torch.hub exposes `load` through hubconf.py.
 Bad input (a run that is not there, a class not in the run, a bad seed or truncation) raises
@@ -19,6 +22,10 @@ sample.SampleError (re-exported here) before anything is sampled.
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -35,6 +42,9 @@ from sample import SampleError
 __all__ = ['load', 'BigGANRun', 'SampleError', 'to_pil']
 
 Seeds = Union[int, str, Iterable[int]]  # 5, '0-63' / '1,5,9', or e.g. range(8)
+ROOT = Path(__file__).resolve().parent
+HF_CONVERTED_DIR = 'biggan_converted'  # under torch.hub.get_dir(): published names, converted
+HF_TRUNCATION = 0.4  # whose BN statistics G.pth holds; .sample sets those of its truncation
 
 
 class BigGANRun:
@@ -127,6 +137,8 @@ def load(run: Union[str, Path], *, device: Union[str, torch.device, None] = None
     under weights_root / base_root, as sample.py finds it). `flags` override its saved config
     (named as sample.py's flags); `device` defaults to the GPU if there is one."""
     path = Path(run).expanduser()
+    if not path.exists() and str(run) in _tfhub('hf_converter').HF_NAMES:
+        path = converted_hf_run(str(run))
     argv = (['--weights', str(path)] if path.exists() else ['--experiment_name', str(run)])
     try:
         config, weights_file, itr = sample_py.resolve_config(argv + flag_args(flags))
@@ -145,3 +157,31 @@ def load(run: Union[str, Path], *, device: Union[str, torch.device, None] = None
         utils.set_rng_state(rng)
     sampler.config['truncation'] = truncation
     return BigGANRun(sampler, truncation)
+
+
+def _tfhub(module: str):
+    """A module of TFHub/ (a folder of scripts, not a package)."""
+    folder = str(ROOT / 'TFHub')
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(module)
+
+
+def converted_hf_run(name: str) -> Path:
+    """The run folder of a published Hugging Face BigGAN-deep (`biggan-deep-128`, ...),
+    converted on first use (TFHub/hf_converter.py) from the package's download cache."""
+    hf_converter, converter = _tfhub('hf_converter'), _tfhub('converter')
+    root = Path(torch.hub.get_dir()) / HF_CONVERTED_DIR
+    run_dir = root / name
+    if (run_dir / 'G.pth').is_file() and (run_dir / 'config.json').is_file():
+        return run_dir
+    try:
+        hf, state = hf_converter.read_folder(name)
+        G, config, table = hf_converter.convert(state, hf, HF_TRUNCATION)
+    except ValueError as err:  # HFConversionError: offline and not cached, a damaged file
+        raise SampleError(str(err)) from None
+    partial = f'{name}.partial{os.getpid()}'  # renamed once whole: a kill leaves no half run
+    hf_converter.write_run(G, config, table, root, partial, converter.save_run)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.replace(root / partial, run_dir)
+    return run_dir

@@ -40,6 +40,7 @@ Conventions mapped (package -> ours):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ import bn_stats  # noqa: E402
 import flags  # noqa: E402
 
 HF_WEIGHTS, HF_CONFIG = 'pytorch_model.bin', 'config.json'
+HF_NAMES = ('biggan-deep-128', 'biggan-deep-256', 'biggan-deep-512')  # the package's models
 # The package's BigGANConfig defaults (its 128 model): a config.json may leave any out.
 HF_DEFAULTS = dict(output_dim=128, z_dim=128, class_embed_dim=128, channel_width=128,
                    num_classes=1000, attention_layer_position=8, eps=1e-4, n_stats=51,
@@ -75,11 +77,15 @@ class HFConversionError(ValueError):
 
 
 def read_folder(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json as a dict, the state_dict of pytorch_model.bin) of a package folder."""
+    """(config.json as a dict, the state_dict of pytorch_model.bin) of a package folder, or
+    of a published name (HF_NAMES: see package_files) when no such folder exists."""
     path = Path(path)
+    if str(path) in HF_NAMES and not path.is_dir():
+        return read_files(*package_files(str(path)))
     if not path.is_dir():
         raise HFConversionError(f'--hf {path}: no such folder; give the folder holding the '
-                                f'package\'s {HF_WEIGHTS} and {HF_CONFIG}')
+                                f'package\'s {HF_WEIGHTS} and {HF_CONFIG}, or a published '
+                                f'name: {", ".join(HF_NAMES)}')
     missing = [f for f in (HF_WEIGHTS, HF_CONFIG) if not (path / f).is_file()]
     if missing:
         has = ', '.join(sorted(p.name for p in path.iterdir())[:10]) or 'nothing'
@@ -87,23 +93,73 @@ def read_folder(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor]]:
             f'--hf {path}: missing {" and ".join(missing)}. A pytorch-pretrained-biggan model '
             f'folder holds {HF_WEIGHTS} and {HF_CONFIG} (its cache names them <hash>.<...>: '
             f'copy or link them under these names); the folder holds: {has}')
+    return read_files(path / HF_WEIGHTS, path / HF_CONFIG)
+
+
+def read_files(weights: Path, config_file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(the config as a dict, the state_dict) of the package's two files of one model."""
     try:
-        with open(path / HF_CONFIG) as f:
+        with open(config_file) as f:
             config = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise HFConversionError(f'{path / HF_CONFIG} is not readable JSON: {err}') from None
+        raise HFConversionError(f'{config_file} is not readable JSON: {err}') from None
     if not isinstance(config, dict):
-        raise HFConversionError(f'{path / HF_CONFIG}: expected a JSON object of BigGANConfig '
+        raise HFConversionError(f'{config_file}: expected a JSON object of BigGANConfig '
                                 f'fields, got {type(config).__name__}')
     try:
-        state = torch.load(path / HF_WEIGHTS, map_location='cpu', weights_only=True)
+        state = torch.load(weights, map_location='cpu', weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and why
-        raise HFConversionError(f'{path / HF_WEIGHTS} is not a readable torch state_dict: '
+        raise HFConversionError(f'{weights} is not a readable torch state_dict: '
                                 f'{type(err).__name__}: {err}') from None
     if not isinstance(state, dict):
-        raise HFConversionError(f'{path / HF_WEIGHTS}: expected a state_dict, got '
+        raise HFConversionError(f'{weights}: expected a state_dict, got '
                                 f'{type(state).__name__}')
     return {**HF_DEFAULTS, **config}, state
+
+
+# ----------------------------------------------------------------------------------------
+# Published names: the package's own download cache
+# ----------------------------------------------------------------------------------------
+
+
+def package_files(name: str, cache_dir: Optional[str] = None) -> tuple[Path, Path]:
+    """(weights, config) files of a published model (`biggan-deep-128`, ...) in the
+    pytorch-pretrained-biggan cache, downloaded through the package when not there yet."""
+    try:
+        from pytorch_pretrained_biggan import file_utils, model
+    except ImportError as err:
+        raise HFConversionError(f'{name}: fetching the published weights by name needs the '
+                                f'pytorch-pretrained-biggan package ({err}): pip install '
+                                f'pytorch-pretrained-biggan, or give a folder holding '
+                                f'{HF_WEIGHTS} and {HF_CONFIG}') from None
+    cache = Path(cache_dir or file_utils.PYTORCH_PRETRAINED_BIGGAN_CACHE).expanduser()
+    urls = (model.PRETRAINED_MODEL_ARCHIVE_MAP[name], model.PRETRAINED_CONFIG_ARCHIVE_MAP[name])
+    found = []
+    for url, local_name in zip(urls, (HF_WEIGHTS, HF_CONFIG)):
+        path = cached_file(url, cache)
+        if path is None:
+            try:
+                path = Path(file_utils.cached_path(url, cache_dir=str(cache)))
+            except Exception as err:  # offline: requests' ConnectionError, an IOError, ...
+                raise HFConversionError(
+                    f'{name}: {local_name} is not in the pytorch-pretrained-biggan cache '
+                    f'({cache}) and downloading {url} failed ({type(err).__name__}). '
+                    f'On a machine that is online download the model\'s two files, '
+                    f'{urls[0]} as {HF_WEIGHTS} and {urls[1]} as {HF_CONFIG}, into one folder '
+                    f'and give that folder instead of the name') from None
+        found.append(path)
+    return found[0], found[1]
+
+
+def cached_file(url: str, cache: Path) -> Optional[Path]:
+    """The package's complete cached copy of `url`, if any, found without the network (its
+    own lookup asks the server for the file's ETag first, so it fails offline)."""
+    if not cache.is_dir():
+        return None
+    prefix = hashlib.sha256(url.encode('utf-8')).hexdigest()  # the package's url_to_filename
+    done = [p for p in cache.glob(prefix + '*') if not p.name.endswith('.json')
+            and p.with_name(p.name + '.json').is_file()]  # the meta file is written last
+    return max(done, key=lambda p: p.stat().st_mtime) if done else None
 
 
 def stages_of(hf: dict) -> tuple[list[int], list[int]]:
@@ -340,6 +396,16 @@ def package_difference(hf_dir: Union[str, Path], G: torch.nn.Module, truncation:
     return float((ours - theirs).abs().max())
 
 
+def write_run(G: torch.nn.Module, config: dict, table: dict, weights_root: Path, name: str,
+              save_run: Callable) -> Path:
+    """Write the converted run folder (G.pth, config.json, the BN table); returns it."""
+    run_dir = weights_root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bn_stats.save_table(table, str(run_dir))
+    save_run(G.state_dict(), config, weights_root, name)
+    return run_dir
+
+
 def finetune_flags(config: dict) -> str:
     """The train.py flags that build this G (for --load_weights)."""
     return flags.flag_line({k: config[k] for k in flags.G_BUILD_KEYS})
@@ -361,10 +427,7 @@ def main(args, save_run: Callable, write_check: Callable) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 1
     name = args.name or f'BigGAN_deep_{config["resolution"]}_hf'
-    run_dir = Path(args.weights_root) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    bn_stats.save_table(table, str(run_dir))
-    save_run(G.state_dict(), config, args.weights_root, name)
+    run_dir = write_run(G, config, table, Path(args.weights_root), name, save_run)
     print(f'wrote {run_dir / "G.pth"} (BN statistics for truncation {args.truncation}), '
           f'{run_dir / "config.json"} and {run_dir / bn_stats.TABLE_FILE}')
     print(f'sample: python sample.py --weights_root {args.weights_root} --experiment_name '
