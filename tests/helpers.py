@@ -51,6 +51,18 @@ class TinyInception(torch.nn.Module):
         return pool, self.fc(pool)
 
 
+def stand_in_inception(monkeypatch, folder: Path, net: torch.nn.Module | None = None) -> Path:
+    """Make inception_utils use `net` (a TinyInception unless given) as the Inception network
+    whatever its weights file; returns such a file in `folder` (it only has to exist)."""
+    import inception_utils
+    net = TinyInception() if net is None else net
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *args, **kwargs: net)
+    monkeypatch.setattr(inception_utils, '_load_weights', lambda *args, **kwargs: net)
+    weights = folder / 'stand_in_inception.pth'
+    weights.write_bytes(b'stand-in')
+    return weights
+
+
 class FixedLatents:
     """Feeds rows of a fixed z/y table (like utils.Latents.sample_), so a training step and a
     hand-written reference of it see the same latents."""

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 import tb_log
 import train
 import utils
-from helpers import ROOT, TinyInception, write_hdf5
+from helpers import ROOT, stand_in_inception, write_hdf5
 from test_train import SAVE_STEPS, run_flags, run_killable
 
 KEEP_ALL = {'scalars': 0, 'images': 0}  # EventAccumulator keeps a sample unless told
@@ -102,12 +102,7 @@ def test_scalars_equal_the_text_logs_and_each_save_adds_its_images(tmp_path, dat
 def test_test_metrics_equal_the_jsonl_log(tmp_path, data_file, monkeypatch):
     """IS/FID/KID and precision/recall of each --test_every test, as the jsonl log has them."""
     import calculate_inception_moments
-    import inception_utils
-    net = TinyInception()
-    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda **kwargs: net)
-    monkeypatch.setattr(inception_utils, '_load_weights', lambda *args: net)
-    weights = tmp_path / 'inception.pth'  # only has to exist: the net above is used
-    weights.write_bytes(b'')
+    weights = stand_in_inception(monkeypatch, tmp_path)
     calculate_inception_moments.main(['--dataset', str(data_file), '--num_workers', '0',
                                       '--inception_weights', str(weights)])
     flags = run_flags(tmp_path, data_file, '--num_epochs', '1', '--save_every', '0',

@@ -16,7 +16,7 @@ import resume
 import train
 import train_fns
 import utils
-from helpers import ROOT, TinyInception, shared_file, write_hdf5
+from helpers import ROOT, shared_file, stand_in_inception, write_hdf5
 
 TINY_FLAGS = ['--G_ch', '4', '--D_ch', '4', '--dim_z', '16', '--shared_dim', '8', '--G_shared',
               '--hier', '--G_attn', '0', '--D_attn', '0', '--batch_size', '4',
@@ -592,11 +592,7 @@ def test_which_best_KID_keeps_the_lowest_KID_and_needs_the_features_file(tmp_pat
     calculate_inception_moments.py; no features file: a startup error naming it."""
     import calculate_inception_moments
     import inception_utils
-    net = TinyInception()
-    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda **kwargs: net)
-    monkeypatch.setattr(inception_utils, '_load_weights', lambda *args: net)
-    weights = tmp_path / 'inception.pth'  # only has to exist: the net above is used
-    weights.write_bytes(b'')
+    weights = stand_in_inception(monkeypatch, tmp_path)
     calculate_inception_moments.main(['--dataset', str(data_file), '--num_workers', '0',
                                       '--inception_weights', str(weights)])
     features = tmp_path / 'tiny_inception_moments_features.npz'
