@@ -44,12 +44,7 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument('--shuffle', action='store_true',
                         help='shuffle the data (mixes classes across the IS splits)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the shuffle')
-    parser.add_argument('--inception', type=str, default='torchvision',
-                        choices=inception_utils.INCEPTIONS,
-                        help="'torchvision' (2019 default) or 'tf' (the TF FID weights)")
-    parser.add_argument('--inception_weights', type=str, default='',
-                        help='local weights file of that network (else the torch hub cache)')
-    parser.add_argument('--num_splits', type=int, default=10, help='splits of the IS')
+    inception_utils.add_inception_args(parser)
     parser.add_argument('--num_features', type=int, default=inception_utils.NUM_FEATURES,
                         help='real features kept for KID and precision/recall, a fixed random '
                              'subset (0: write no features file)')

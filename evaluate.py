@@ -368,13 +368,8 @@ def prepare_parser() -> argparse.ArgumentParser:
                         help='image size of a folder --dataset (named ones fix it)')
     parser.add_argument('--intra_fid', action='store_true',
                         help='also intra-class FID (needs labels of samples and reference)')
-    parser.add_argument('--inception', type=str, default='torchvision',
-                        choices=inception_utils.INCEPTIONS,
-                        help="'torchvision' (2019 default) or 'tf' (the TF FID weights)")
-    parser.add_argument('--inception_weights', type=str, default='',
-                        help='local weights file of that network (else the torch hub cache)')
+    inception_utils.add_inception_args(parser)
     parser.add_argument('--batch_size', type=int, default=64, help='images per batch')
-    parser.add_argument('--num_splits', type=int, default=10, help='splits of the IS')
     parser.add_argument('--json', type=str, default='',
                         help='also write the metrics to this JSON file')
     return parser

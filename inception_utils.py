@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import warnings
@@ -69,7 +70,8 @@ from moments_files import (
 # Public names, with those of inception_net.py and moments_files.py kept importable from here.
 __all__ = ['INCEPTIONS', 'WEIGHTS_URLS', 'WEIGHTS_SHA256', 'POOL_DIM', 'NUM_FEATURES', 'PR_K',
            'DC_K', 'TRUNK', 'InceptionNet', 'InceptionWeightsWarning', 'hub_weights_path',
-           'resolve_inception_weights', 'check_weights_hash', 'load_inception_net',
+           'resolve_inception_weights', 'check_weights_hash', 'add_inception_args',
+           'load_inception_net',
            'feature_subset', 'accumulate_inception_stats', 'compare_features', 'moments_file',
            'save_moments', 'load_moments', 'features_file', 'save_features', 'load_features',
            'load_feature_labels', 'check_inception_ready', 'prepare_inception_metrics']
@@ -84,6 +86,15 @@ DC_K = 5  # the k of the density/coverage k-NN balls (Naeem et al.; the prdc pac
 
 
 # ----------------------------------------------------------------------------- weights
+
+def add_inception_args(parser: argparse.ArgumentParser) -> None:
+    """The scripts' --inception, --inception_weights and --num_splits (of the IS)."""
+    parser.add_argument('--inception', type=str, default='torchvision', choices=INCEPTIONS,
+                        help="'torchvision' (2019 default) or 'tf' (the TF FID weights)")
+    parser.add_argument('--inception_weights', type=str, default='',
+                        help='local weights file of that network (else the torch hub cache)')
+    parser.add_argument('--num_splits', type=int, default=10, help='splits of the IS')
+
 
 def hub_weights_path(inception: str) -> Path:
     """Where the torch hub cache keeps this network's weights file."""
