@@ -201,8 +201,13 @@ def test_polynomial_kernel_and_mmd_by_hand():
     assert float(metrics.mmd2_unbiased(x, y)) == pytest.approx(expected, rel=1e-15)
 
 
-@pytest.mark.parametrize('n_real, n_fake, dim, seed, scale, duplicates', [
+# Real/fake feature sets of both k-NN metrics (precision/recall, density/coverage): a few
+# hundred rows at 16 to 2048 dimensions, and repeated rows (k-th neighbours at distance 0).
+FEATURE_CASES = pytest.mark.parametrize('n_real, n_fake, dim, seed, scale, duplicates', [
     (500, 400, 64, 0, 1.1, 0), (300, 250, 2048, 1, 1.01, 0), (350, 200, 16, 2, 1.05, 40)])
+
+
+@FEATURE_CASES
 def test_precision_recall_matches_torch_fidelity(n_real, n_fake, dim, seed, scale, duplicates):
     from torch_fidelity.metric_prc import prc_features_to_metric
     real = relu_features(n_real, dim, seed)
@@ -295,8 +300,7 @@ def test_inception_metrics_unpack_into_the_2019_three_values():
 
 # ----------------------------------------------------------------------------- density/coverage
 
-@pytest.mark.parametrize('n_real, n_fake, dim, seed, scale, duplicates', [
-    (500, 400, 64, 0, 1.1, 0), (300, 250, 2048, 1, 1.01, 0), (350, 200, 16, 2, 1.05, 40)])
+@FEATURE_CASES
 def test_density_coverage_match_prdc(n_real, n_fake, dim, seed, scale, duplicates):
     from prdc import compute_prdc
     real = relu_features(n_real, dim, seed)
