@@ -290,12 +290,19 @@ class Discriminator(nn.Module):
             blocks.append(stage)
         return blocks
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits [B, output_dim] for images x [B, 3, R, R] of classes y [B]."""
-        h = self.stem(x)
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage (its block(s), then its attention), from the input:
+        [B, C_i, H_i, W_i] each; the last is what the head pools."""
+        h, outputs = self.stem(x), []
         for stage in self.blocks:
             for block in stage:
                 h = block(h)
+            outputs.append(h)
+        return outputs
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [B, output_dim] for images x [B, 3, R, R] of classes y [B]."""
+        h = self.stage_outputs(x)[-1]
         h = torch.sum(self.activation(h), [2, 3])  # global sum pooling, (B, C)
         out = self.linear(h)
         if self.n_classes > 1:  # projection discriminator term

@@ -172,16 +172,6 @@ def load_D(config: dict, d_file: Path, device: torch.device) -> nn.Module:
     return D.to(device).eval().requires_grad_(False)
 
 
-def d_features(D: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The output of each of D's stages (block(s), then attention), before the head."""
-    h, maps = D.stem(x), []
-    for stage in D.blocks:
-        for block in stage:
-            h = block(h)
-        maps.append(h)
-    return maps
-
-
 def inception_features(config: dict, device: torch.device) -> Callable:
     """x -> [Mixed_5d, Mixed_6e, Mixed_7c maps, pool] of the Inception net (--inception)."""
     import inception_utils  # only when asked: it loads Inception code and weights
@@ -328,7 +318,7 @@ def rank_classes(D: nn.Module, target: torch.Tensor, k: int) -> list[int]:
     """The k classes with the highest class-conditional score of D (its projection term
     embed(c) . h(target); the unconditional term is the same for every class)."""
     with torch.no_grad():
-        h = D.activation(d_features(D, target)[-1]).sum((2, 3))[0]  # [C], as D's head pools
+        h = D.activation(D.stage_outputs(target)[-1]).sum((2, 3))[0]  # [C], as D's head pools
         scores = D.embed(torch.arange(D.n_classes, device=target.device)) @ h  # [n_classes]
     return scores.argsort(descending=True)[:k].tolist()
 
@@ -423,7 +413,7 @@ def write_outputs(folder: Path, files: dict[str, bytes]) -> None:
 def make_problem(s: sample.Sampler, D: Optional[nn.Module], target: torch.Tensor,
                  args: argparse.Namespace) -> Problem:
     """G, the loss against the target on the chosen features, and the truncation's bound."""
-    features = (functools.partial(d_features, D) if args.features == 'D'
+    features = (D.stage_outputs if args.features == 'D'
                 else inception_features(s.config, s.device))
     with torch.no_grad():
         target_features = features(target)

@@ -64,7 +64,7 @@ def test_projection_recovers_a_G_sample(base, target, tmp_path, one_thread):
     G, D = G_and_D(base)
     with torch.no_grad():
         recon = G(found.z, G.shared(torch.tensor([TRUE_CLASS])))
-        distance = project.perceptual(project.d_features(D, recon), project.d_features(D, x))
+        distance = project.perceptual(D.stage_outputs(recon), D.stage_outputs(x))
     assert float(distance) < 0.01  # summed over D's 4 maps, each in [0, 4]
     assert (recon - x).abs().mean() < 0.01  # in [-1, 1] pixels
     names = sorted(p.name for p in (tmp_path / 'out').iterdir())
